@@ -1,0 +1,135 @@
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Lower
+
+
+class OrganisationType(models.TextChoices):
+    TRUST = "trust", "Trust"
+    GP_PRACTICE = "gp_practice", "GP practice"
+    ICB = "icb", "Integrated care board"
+    SOCIAL_CARE = "social_care", "Social care"
+    OTHER = "other", "Other"
+
+
+class Organisation(models.Model):
+    code = models.CharField("ODS code", max_length=12, unique=True)
+    name = models.CharField(max_length=200)
+    type = models.CharField(max_length=20, choices=OrganisationType.choices)
+    region = models.CharField(max_length=100, blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    leads = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="led_organisations",
+        help_text="Local IT leads who see and book this organisation's mailboxes.",
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code})"
+
+
+class RecipientType(models.TextChoices):
+    USER = "UserMailbox", "User"
+    SHARED = "SharedMailbox", "Shared"
+    ROOM = "RoomMailbox", "Room"
+    EQUIPMENT = "EquipmentMailbox", "Equipment"
+
+
+class MailboxStatus(models.TextChoices):
+    NOT_SCHEDULED = "not_scheduled", "Not scheduled"
+    BOOKED = "booked", "Booked"
+    SCHEDULED = "scheduled", "Scheduled"
+    QUEUED = "queued", "Queued"
+    SYNCING = "syncing", "Syncing"
+    SYNCED = "synced", "Synced"
+    COMPLETING = "completing", "Completing"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Needs attention"
+    STOPPED = "stopped", "Paused"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+
+
+S = MailboxStatus
+# Statuses of a mailbox whose move is under way at the backend.
+MAILBOX_IN_FLIGHT = {S.QUEUED, S.SYNCING, S.SYNCED, S.COMPLETING, S.STOPPED}
+# Allowed predecessors of each status: the one place that says which moves are legal.
+# Among the in-flight statuses the backend leads: a poll may see any step, or skip some.
+MAILBOX_TRANSITIONS: dict[str, set[str]] = {
+    S.BOOKED: {S.NOT_SCHEDULED, S.ROLLED_BACK},
+    S.NOT_SCHEDULED: {S.BOOKED, S.SCHEDULED},  # booking rejected or withdrawn
+    S.SCHEDULED: {S.BOOKED},  # booking approved
+    S.QUEUED: {S.SCHEDULED, S.FAILED, S.SYNCING, S.SYNCED, S.STOPPED},  # submitted, retried, resumed
+    S.SYNCING: {S.QUEUED, S.SYNCED, S.STOPPED},
+    S.SYNCED: {S.QUEUED, S.SYNCING, S.STOPPED},
+    S.COMPLETING: {S.QUEUED, S.SYNCING, S.SYNCED},
+    S.COMPLETED: {S.QUEUED, S.SYNCING, S.SYNCED, S.COMPLETING},
+    S.FAILED: MAILBOX_IN_FLIGHT,
+    S.STOPPED: {S.QUEUED, S.SYNCING, S.SYNCED},
+    S.ROLLED_BACK: {S.QUEUED, S.SYNCING, S.SYNCED, S.STOPPED, S.FAILED},
+}
+MAILBOX_STATUS_COLOURS = {
+    S.NOT_SCHEDULED: "grey",
+    S.BOOKED: "purple",
+    S.SCHEDULED: "blue",
+    S.QUEUED: "aqua-green",
+    S.SYNCING: "aqua-green",
+    S.SYNCED: "aqua-green",
+    S.COMPLETING: "yellow",
+    S.COMPLETED: "green",
+    S.FAILED: "red",
+    S.STOPPED: "orange",
+    S.ROLLED_BACK: "grey",
+}
+
+
+class Mailbox(models.Model):
+    address = models.EmailField("primary SMTP address", max_length=254, unique=True)
+    upn = models.CharField("user principal name", max_length=254, unique=True)
+    display_name = models.CharField(max_length=256)
+    recipient_type = models.CharField(max_length=20, choices=RecipientType.choices)
+    size_bytes = models.BigIntegerField(default=0)
+    item_count = models.BigIntegerField(default=0)
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="mailboxes")
+    status = models.CharField(
+        max_length=20, choices=MailboxStatus.choices, default=MailboxStatus.NOT_SCHEDULED
+    )
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["address"]
+        indexes = [
+            models.Index(fields=["organisation", "status"]),
+            models.Index(fields=["organisation", "address"]),
+            models.Index(Lower("display_name"), name="mailbox_display_name_lower"),
+        ]
+        verbose_name_plural = "mailboxes"
+
+    def __str__(self) -> str:
+        return self.address
+
+    @property
+    def status_colour(self) -> str:
+        return MAILBOX_STATUS_COLOURS[self.status]
+
+
+class MailboxEvent(models.Model):
+    """One change of a mailbox's migration status: the helpdesk timeline."""
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150, help_text="Who, in words: a name or 'worker'.")
+    from_status = models.CharField(max_length=20, choices=MailboxStatus.choices, blank=True)
+    to_status = models.CharField(max_length=20, choices=MailboxStatus.choices)
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["mailbox", "at"])]

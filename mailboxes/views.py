@@ -1,0 +1,3 @@
+def mailbox_list(request, **kwargs): ...
+
+

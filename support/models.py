@@ -1,0 +1,17 @@
+from django.conf import settings
+from django.db import models
+
+from mailboxes.models import Mailbox
+
+
+class HelpdeskCall(models.Model):
+    """A call or message about one mailbox, recorded by the helpdesk."""
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.PROTECT, related_name="helpdesk_calls")
+    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+    summary = models.TextField(max_length=2000)
+    resolved = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-recorded_at"]

@@ -1,0 +1,9 @@
+def search(request, **kwargs): ...
+
+
+def mailbox_detail(request, **kwargs): ...
+
+
+def record_call(request, **kwargs): ...
+
+

@@ -1,0 +1,262 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from mailboxes.models import Mailbox, Organisation
+
+
+class WaveKind(models.TextChoices):
+    PILOT = "pilot", "Pilot"
+    WEEKNIGHT = "weeknight", "Weeknight"
+    WEEKEND = "weekend", "Weekend"
+
+
+class WaveStatus(models.TextChoices):
+    PLANNED = "planned", "Planned"
+    OPEN = "open", "Open for booking"
+    CLOSED = "closed", "Closed for booking"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    COMPLETING = "completing", "Completing"
+    DONE = "done", "Done"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+W = WaveStatus
+WAVE_TRANSITIONS: dict[str, set[str]] = {
+    W.OPEN: {W.PLANNED, W.CLOSED},
+    W.CLOSED: {W.OPEN},
+    W.RUNNING: {W.CLOSED, W.PAUSED},
+    W.PAUSED: {W.RUNNING},
+    W.COMPLETING: {W.RUNNING},
+    W.DONE: {W.COMPLETING},
+    W.CANCELLED: {W.PLANNED, W.OPEN},
+}
+WAVE_ACTIVE = {W.RUNNING, W.PAUSED, W.COMPLETING}
+WAVE_STATUS_COLOURS = {
+    W.PLANNED: "grey",
+    W.OPEN: "blue",
+    W.CLOSED: "purple",
+    W.RUNNING: "aqua-green",
+    W.PAUSED: "orange",
+    W.COMPLETING: "yellow",
+    W.DONE: "green",
+    W.CANCELLED: "grey",
+}
+
+
+class Wave(models.Model):
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=WaveKind.choices)
+    status = models.CharField(max_length=20, choices=WaveStatus.choices, default=W.PLANNED)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    starts_at = models.DateTimeField(help_text="When the final sync of the wave begins.")
+    cutover_at = models.DateTimeField(help_text="When mailboxes switch to Exchange Online.")
+    booking_deadline = models.DateTimeField()
+    capacity_mailboxes = models.PositiveIntegerField()
+    capacity_gb = models.PositiveIntegerField()
+    # A worker driving this wave holds it until then; another takes over only after it lapses.
+    driver_lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["starts_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(booking_deadline__lte=models.F("starts_at")),
+                name="wave_deadline_before_start",
+            ),
+            models.CheckConstraint(
+                condition=Q(cutover_at__gt=models.F("starts_at")), name="wave_cutover_after_start"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.capacity_gb * 1024**3
+
+    @property
+    def status_colour(self) -> str:
+        return WAVE_STATUS_COLOURS[self.status]
+
+
+class BookingStatus(models.TextChoices):
+    SUBMITTED = "submitted", "Submitted"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    WITHDRAWN = "withdrawn", "Withdrawn"
+    IN_PROGRESS = "in_progress", "In progress"
+    DONE = "done", "Done"
+
+
+B = BookingStatus
+BOOKING_TRANSITIONS: dict[str, set[str]] = {
+    B.APPROVED: {B.SUBMITTED},
+    B.REJECTED: {B.SUBMITTED},
+    B.WITHDRAWN: {B.SUBMITTED, B.APPROVED},
+    B.IN_PROGRESS: {B.APPROVED},
+    B.DONE: {B.IN_PROGRESS},
+}
+# Bookings that hold capacity in their wave and hold their mailboxes.
+BOOKING_ACTIVE = {B.SUBMITTED, B.APPROVED, B.IN_PROGRESS}
+BOOKING_STATUS_COLOURS = {
+    B.SUBMITTED: "blue",
+    B.APPROVED: "green",
+    B.REJECTED: "red",
+    B.WITHDRAWN: "grey",
+    B.IN_PROGRESS: "aqua-green",
+    B.DONE: "green",
+}
+
+
+class Booking(models.Model):
+    """One organisation's cohort in one wave."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    wave = models.ForeignKey(Wave, on_delete=models.PROTECT, related_name="bookings")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="bookings")
+    status = models.CharField(max_length=20, choices=BookingStatus.choices)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    # Fixed when the booking is made: the wave's capacity check sums these under a row lock.
+    mailbox_count = models.PositiveIntegerField()
+    total_bytes = models.BigIntegerField()
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="bookings_submitted"
+    )
+    decision_reason = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["wave", "status"]), models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"{self.organisation.code} in {self.wave.name}"
+
+    @property
+    def status_colour(self) -> str:
+        return BOOKING_STATUS_COLOURS[self.status]
+
+
+class MigrationBatchStatus(models.TextChoices):
+    PLANNED = "planned", "Planned"
+    SUBMITTED = "submitted", "Submitted"
+    COMPLETING = "completing", "Completing"
+
+
+class MigrationBatch(models.Model):
+    """A slice of a wave sent to the backend as one migration batch.
+
+    Recorded, with its mailboxes, before the backend is called, so a re-run after a crash sends
+    the same batch under the same name instead of a second one.
+    """
+
+    wave = models.ForeignKey(Wave, on_delete=models.PROTECT, related_name="batches")
+    name = models.CharField(max_length=64, unique=True)
+    status = models.CharField(
+        max_length=20, choices=MigrationBatchStatus.choices, default=MigrationBatchStatus.PLANNED
+    )
+    backend_ref = models.CharField(max_length=200, blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    completion_requested_at = models.DateTimeField(null=True, blank=True)
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=1000, blank=True)
+    # Stopped at the backend while the wave is paused; started again when it resumes.
+    stopped = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["name"]
+
+
+class CohortMailbox(models.Model):
+    """A mailbox in a booking's cohort, with its progress through the backend."""
+
+    booking = models.ForeignKey(Booking, on_delete=models.CASCADE, related_name="cohort")
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.PROTECT, related_name="cohort_entries")
+    # False once the booking is rejected, withdrawn or the mailbox rolled back: kept for history.
+    active = models.BooleanField(default=True)
+    batch = models.ForeignKey(
+        MigrationBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="members"
+    )
+    backend_status = models.CharField(max_length=40, blank=True)
+    bytes_transferred = models.BigIntegerField(default=0)
+    items_transferred = models.BigIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=1000, blank=True)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["mailbox"], condition=Q(active=True), name="mailbox_in_one_active_booking"
+            ),
+            models.UniqueConstraint(fields=["booking", "mailbox"], name="mailbox_once_per_booking"),
+        ]
+        indexes = [models.Index(fields=["batch", "mailbox"])]
+
+
+class WaveEvent(models.Model):
+    wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150)
+    from_status = models.CharField(max_length=20, choices=WaveStatus.choices, blank=True)
+    to_status = models.CharField(max_length=20, choices=WaveStatus.choices)
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+
+class BookingEvent(models.Model):
+    booking = models.ForeignKey(Booking, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150)
+    from_status = models.CharField(max_length=20, choices=BookingStatus.choices, blank=True)
+    to_status = models.CharField(max_length=20, choices=BookingStatus.choices)
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+
+class SimulatedBatch(models.Model):
+    """Simulator backend state: a migration batch as the simulated Exchange side holds it."""
+
+    name = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    complete_requested_at = models.DateTimeField(null=True, blank=True)
+
+
+class SimulatedUser(models.Model):
+    """Simulator backend state for one user.
+
+    Only what an operator changes is stored; progress within an attempt is computed on read
+    from the attempt's start, the seed and the address, so polling writes nothing.
+    """
+
+    batch = models.ForeignKey(SimulatedBatch, on_delete=models.CASCADE, related_name="users")
+    address = models.CharField(max_length=254)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    attempt_started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    removed = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "address"], name="simulated_user_once_per_batch")
+        ]
+

@@ -1,0 +1,92 @@
+"""Reads of waves and bookings: capacity, queues, progress."""
+
+from django.db.models import Count, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from mailboxes.models import Mailbox, MailboxStatus, Organisation
+from waves.models import (
+    BOOKING_ACTIVE,
+    Booking,
+    BookingStatus,
+    CohortMailbox,
+    Wave,
+    WaveStatus,
+)
+
+
+def waves_with_capacity(waves: QuerySet[Wave] | None = None) -> QuerySet[Wave]:
+    """Waves annotated with `used_mailboxes` and `used_bytes` held by active bookings."""
+    active = Q(bookings__status__in=BOOKING_ACTIVE)
+    return (waves if waves is not None else Wave.objects.all()).annotate(
+        used_mailboxes=Coalesce(Sum("bookings__mailbox_count", filter=active), Value(0)),
+        used_bytes=Coalesce(Sum("bookings__total_bytes", filter=active), Value(0)),
+    )
+
+
+def waves_open_for_booking() -> QuerySet[Wave]:
+    return waves_with_capacity(
+        Wave.objects.filter(status=WaveStatus.OPEN, booking_deadline__gt=timezone.now())
+    ).order_by("starts_at")
+
+
+def bookings_for_organisations(organisations: QuerySet[Organisation]) -> QuerySet[Booking]:
+    return (
+        Booking.objects.filter(organisation__in=organisations)
+        .select_related("wave", "organisation", "submitted_by")
+        .order_by("-created_at")
+    )
+
+
+def booking_queue() -> QuerySet[Booking]:
+    """Bookings waiting for the central team, oldest first."""
+    return (
+        Booking.objects.filter(status=BookingStatus.SUBMITTED)
+        .select_related("wave", "organisation", "submitted_by")
+        .order_by("created_at")
+    )
+
+
+def wave_progress(wave: Wave) -> dict:
+    """Counts of the wave's mailboxes by status, and the share settled (completed or failed)."""
+    entries = CohortMailbox.objects.filter(booking__wave=wave, active=True)
+    counts = dict(entries.values_list("mailbox__status").annotate(n=Count("pk")).order_by())
+    totals = entries.aggregate(
+        bytes_done=Coalesce(Sum("bytes_transferred"), Value(0)),
+        bytes_total=Coalesce(Sum("mailbox__size_bytes"), Value(0)),
+    )
+    total = sum(counts.values())
+    completed = counts.get(MailboxStatus.COMPLETED, 0)
+    failed = counts.get(MailboxStatus.FAILED, 0)
+    return {
+        "by_status": [
+            {"status": s, "label": s.label, "count": counts.get(s, 0)}
+            for s in MailboxStatus if counts.get(s, 0)
+        ],
+        "total": total,
+        "completed": completed,
+        "failed": failed,
+        "percent_completed": round(100 * completed / total, 1) if total else 0.0,
+        "bytes_done": totals["bytes_done"],
+        "bytes_total": totals["bytes_total"],
+    }
+
+
+def wave_failures(wave: Wave, *, limit: int = 50) -> QuerySet[CohortMailbox]:
+    return (
+        CohortMailbox.objects.filter(
+            booking__wave=wave, active=True, mailbox__status=MailboxStatus.FAILED
+        )
+        .select_related("mailbox", "booking__organisation")
+        .order_by("mailbox__address")[:limit]
+    )
+
+
+def mailbox_migration(mailbox: Mailbox) -> CohortMailbox | None:
+    """The mailbox's current booking entry, or its latest one if none is active."""
+    return (
+        CohortMailbox.objects.filter(mailbox=mailbox)
+        .select_related("booking__wave", "booking__organisation", "batch")
+        .order_by("-active", "-pk")
+        .first()
+    )

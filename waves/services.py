@@ -1,0 +1,306 @@
+"""Writes to waves and bookings: the capacity rules, approval, and operator actions.
+
+Every refusal raises `BookingRefused` or `TransitionNotAllowed` with a message fit to show the
+user, and leaves the database as it was (each service runs in one transaction).
+"""
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from mailboxes.models import Mailbox, MailboxStatus, Organisation
+from mailboxes.services import mailboxes_transition
+from portal.lib.transitions import Actor, TransitionNotAllowed, actor_fields, transition_rows
+from waves.models import (
+    BOOKING_ACTIVE,
+    BOOKING_TRANSITIONS,
+    WAVE_TRANSITIONS,
+    Booking,
+    BookingEvent,
+    BookingStatus,
+    CohortMailbox,
+    Wave,
+    WaveEvent,
+    WaveKind,
+    WaveStatus,
+)
+
+BOOKABLE = {MailboxStatus.NOT_SCHEDULED, MailboxStatus.ROLLED_BACK}
+
+
+class BookingRefused(Exception):
+    """A booking the rules refuse; the message says why, in the user's words."""
+
+
+def wave_transition(*, wave: Wave, to: WaveStatus, actor: Actor, reason: str = "", **updates) -> None:
+    moved = transition_rows(
+        model=Wave,
+        event_model=WaveEvent,
+        event_fk="wave",
+        allowed_from=WAVE_TRANSITIONS[to],
+        ids=[wave.pk],
+        to=to,
+        actor=actor,
+        reason=reason,
+        updates=updates,
+    )
+    if not moved:
+        current = Wave.objects.get(pk=wave.pk)
+        raise TransitionNotAllowed(
+            f"{wave.name} is {current.get_status_display().lower()}, so it cannot become "
+            f"{WaveStatus(to).label.lower()}."
+        )
+    wave.refresh_from_db()
+
+
+def bookings_transition(
+    *, booking_ids: Sequence[int], to: BookingStatus, actor: Actor, reason: str = "", **updates
+) -> list[int]:
+    return transition_rows(
+        model=Booking,
+        event_model=BookingEvent,
+        event_fk="booking",
+        allowed_from=BOOKING_TRANSITIONS[to],
+        ids=booking_ids,
+        to=to,
+        actor=actor,
+        reason=reason,
+        updates=updates,
+    )
+
+
+def _booking_transition(*, booking: Booking, to: BookingStatus, actor: Actor, reason: str = "", **updates):
+    if not bookings_transition(booking_ids=[booking.pk], to=to, actor=actor, reason=reason, **updates):
+        current = Booking.objects.get(pk=booking.pk)
+        raise TransitionNotAllowed(
+            f"This booking is {current.get_status_display().lower()}, so it cannot be "
+            f"{BookingStatus(to).label.lower()}."
+        )
+    booking.refresh_from_db()
+
+
+def wave_create(
+    *,
+    name: str,
+    kind: WaveKind,
+    starts_at: datetime,
+    cutover_at: datetime,
+    booking_deadline: datetime,
+    capacity_mailboxes: int,
+    capacity_gb: int,
+    actor: Actor,
+) -> Wave:
+    with transaction.atomic():
+        wave = Wave.objects.create(
+            name=name,
+            kind=kind,
+            starts_at=starts_at,
+            cutover_at=cutover_at,
+            booking_deadline=booking_deadline,
+            capacity_mailboxes=capacity_mailboxes,
+            capacity_gb=capacity_gb,
+        )
+        WaveEvent.objects.create(
+            wave=wave, at=wave.created_at, to_status=WaveStatus.PLANNED, reason="Created",
+            **actor_fields(actor),
+        )
+    return wave
+
+
+def wave_open(*, wave: Wave, actor: Actor) -> None:
+    if wave.booking_deadline <= timezone.now():
+        raise TransitionNotAllowed(f"{wave.name}'s booking deadline has passed, so it cannot open.")
+    wave_transition(wave=wave, to=WaveStatus.OPEN, actor=actor, reason="Opened for booking")
+
+
+def wave_close(*, wave: Wave, actor: Actor) -> None:
+    wave_transition(wave=wave, to=WaveStatus.CLOSED, actor=actor, reason="Closed for booking")
+
+
+def wave_cancel(*, wave: Wave, actor: Actor, reason: str) -> None:
+    with transaction.atomic():
+        wave_transition(wave=wave, to=WaveStatus.CANCELLED, actor=actor, reason=reason)
+        for booking in wave.bookings.filter(status__in=BOOKING_ACTIVE):
+            _release(booking=booking, to=BookingStatus.WITHDRAWN, actor=actor,
+                     reason=f"Wave cancelled: {reason}")
+
+
+def wave_start(*, wave: Wave, actor: Actor) -> None:
+    with transaction.atomic():
+        if not wave.bookings.filter(status=BookingStatus.APPROVED).exists():
+            raise TransitionNotAllowed(f"{wave.name} has no approved bookings to migrate.")
+        if wave.bookings.filter(status=BookingStatus.SUBMITTED).exists():
+            raise TransitionNotAllowed(
+                f"{wave.name} still has bookings waiting for a decision: approve or reject them first."
+            )
+        wave_transition(wave=wave, to=WaveStatus.RUNNING, actor=actor, reason="Started")
+        drive_soon(wave)
+
+
+def wave_pause(*, wave: Wave, actor: Actor, reason: str = "") -> None:
+    with transaction.atomic():
+        wave_transition(wave=wave, to=WaveStatus.PAUSED, actor=actor, reason=reason or "Paused")
+        drive_soon(wave)
+
+
+def wave_resume(*, wave: Wave, actor: Actor) -> None:
+    with transaction.atomic():
+        wave_transition(wave=wave, to=WaveStatus.RUNNING, actor=actor, reason="Resumed")
+        drive_soon(wave)
+
+
+def drive_soon(wave: Wave) -> None:
+    """Queue the worker task that moves the wave on, once this transaction has committed."""
+    transaction.on_commit(
+        lambda: async_task("waves.tasks.drive_wave", wave.pk, task_name=f"drive-wave-{wave.pk}")
+    )
+
+
+def wave_capacity_used(wave: Wave) -> tuple[int, int]:
+    """(mailboxes, bytes) held by the wave's active bookings."""
+    used = wave.bookings.filter(status__in=BOOKING_ACTIVE).aggregate(
+        mailboxes=Sum("mailbox_count"), bytes=Sum("total_bytes")
+    )
+    return used["mailboxes"] or 0, used["bytes"] or 0
+
+
+def booking_create(
+    *,
+    wave: Wave,
+    organisation: Organisation,
+    actor: Actor,
+    mailbox_ids: Iterable[int] | None = None,
+) -> Booking:
+    """Book an organisation's cohort into a wave: its chosen mailboxes, or all not yet booked.
+
+    The wave's row is locked while its free capacity is checked and taken, so however many
+    leads book at once the wave never holds more than its capacity.
+    """
+    with transaction.atomic():
+        wave = Wave.objects.select_for_update().get(pk=wave.pk)
+        if wave.status != WaveStatus.OPEN:
+            raise BookingRefused(f"{wave.name} is {wave.get_status_display().lower()}, not open for booking.")
+        if timezone.now() >= wave.booking_deadline:
+            raise BookingRefused(f"The booking deadline for {wave.name} has passed.")
+
+        candidates = Mailbox.objects.filter(organisation=organisation)
+        if mailbox_ids is None:
+            chosen = list(candidates.filter(status__in=BOOKABLE).values_list("pk", "size_bytes"))
+            if not chosen:
+                raise BookingRefused(f"{organisation.name} has no mailboxes left to book.")
+        else:
+            wanted = set(mailbox_ids)
+            if not wanted:
+                raise BookingRefused("Choose at least one mailbox to book.")
+            found = dict(candidates.filter(pk__in=wanted).values_list("pk", "status"))
+            if len(found) != len(wanted):
+                raise BookingRefused(
+                    f"{len(wanted) - len(found)} of the chosen mailboxes do not belong to "
+                    f"{organisation.name}."
+                )
+            taken = [pk for pk, status in found.items() if status not in BOOKABLE]
+            if taken:
+                raise BookingRefused(
+                    f"{len(taken)} of the chosen mailboxes are already booked or migrated."
+                )
+            chosen = list(candidates.filter(pk__in=wanted).values_list("pk", "size_bytes"))
+
+        count = len(chosen)
+        size = sum(s for _, s in chosen)
+        used_mailboxes, used_bytes = wave_capacity_used(wave)
+        free_mailboxes = wave.capacity_mailboxes - used_mailboxes
+        free_bytes = wave.capacity_bytes - used_bytes
+        if count > free_mailboxes:
+            raise BookingRefused(
+                f"{wave.name} has room for {max(free_mailboxes, 0):,} more mailboxes; "
+                f"this cohort has {count:,}."
+            )
+        if size > free_bytes:
+            raise BookingRefused(
+                f"{wave.name} has room for {max(free_bytes, 0) / 1024**3:,.1f} GB more; "
+                f"this cohort holds {size / 1024**3:,.1f} GB."
+            )
+
+        booking = Booking.objects.create(
+            wave=wave,
+            organisation=organisation,
+            status=BookingStatus.SUBMITTED,
+            mailbox_count=count,
+            total_bytes=size,
+            submitted_by=actor,
+        )
+        BookingEvent.objects.create(
+            booking=booking, at=booking.created_at, to_status=BookingStatus.SUBMITTED,
+            reason=f"{count:,} mailboxes booked", **actor_fields(actor),
+        )
+        ids = [pk for pk, _ in chosen]
+        try:
+            with transaction.atomic():
+                CohortMailbox.objects.bulk_create(
+                    [CohortMailbox(booking=booking, mailbox_id=pk) for pk in ids], batch_size=2000
+                )
+        except IntegrityError:
+            raise BookingRefused(
+                "Some of these mailboxes were booked by someone else a moment ago. Try again."
+            ) from None
+        moved = mailboxes_transition(
+            mailbox_ids=ids, to=MailboxStatus.BOOKED, actor=actor,
+            reason=f"Booked into {wave.name}", expected_from=BOOKABLE,
+        )
+        if len(moved) != count:
+            raise BookingRefused(
+                "Some of these mailboxes changed status while booking. Try again."
+            )
+    return booking
+
+
+def booking_approve(*, booking: Booking, actor: Actor) -> None:
+    with transaction.atomic():
+        wave = Wave.objects.select_for_update().get(pk=booking.wave_id)
+        if wave.status not in {WaveStatus.OPEN, WaveStatus.CLOSED}:
+            raise TransitionNotAllowed(
+                f"{wave.name} is {wave.get_status_display().lower()}: bookings can no longer be approved."
+            )
+        _booking_transition(booking=booking, to=BookingStatus.APPROVED, actor=actor, reason="Approved")
+        mailboxes_transition(
+            mailbox_ids=_cohort_ids(booking), to=MailboxStatus.SCHEDULED, actor=actor,
+            reason=f"Booking approved for {wave.name}", expected_from={MailboxStatus.BOOKED},
+        )
+
+
+def booking_reject(*, booking: Booking, actor: Actor, reason: str) -> None:
+    if not reason.strip():
+        raise TransitionNotAllowed("Give a reason for rejecting the booking.")
+    _release(booking=booking, to=BookingStatus.REJECTED, actor=actor, reason=reason.strip(),
+             decision_reason=reason.strip())
+
+
+def booking_withdraw(*, booking: Booking, actor: Actor, reason: str = "") -> None:
+    if timezone.now() >= booking.wave.booking_deadline:
+        raise TransitionNotAllowed(
+            f"The booking deadline for {booking.wave.name} has passed: ask the central team."
+        )
+    _release(booking=booking, to=BookingStatus.WITHDRAWN, actor=actor,
+             reason=reason.strip() or "Withdrawn by the organisation")
+
+
+def _release(*, booking: Booking, to: BookingStatus, actor: Actor, reason: str, **updates) -> None:
+    """End a booking before it runs: free its capacity and its mailboxes."""
+    with transaction.atomic():
+        Wave.objects.select_for_update().get(pk=booking.wave_id)
+        _booking_transition(booking=booking, to=to, actor=actor, reason=reason, **updates)
+        ids = _cohort_ids(booking)
+        CohortMailbox.objects.filter(booking=booking, active=True).update(active=False)
+        mailboxes_transition(
+            mailbox_ids=ids, to=MailboxStatus.NOT_SCHEDULED, actor=actor,
+            reason=f"Booking {BookingStatus(to).label.lower()}: {reason}",
+            expected_from={MailboxStatus.BOOKED, MailboxStatus.SCHEDULED},
+        )
+
+
+def _cohort_ids(booking: Booking) -> list[int]:
+    return list(booking.cohort.filter(active=True).values_list("mailbox_id", flat=True))

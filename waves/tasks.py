@@ -1,0 +1,20 @@
+"""django-q2 tasks: thin wrappers that load by id and call the transfer engine."""
+
+from django.conf import settings
+from django_q.tasks import async_task
+
+from waves import transfers
+
+
+def drive_wave(wave_id: int) -> bool:
+    return transfers.wave_drive(
+        wave_id, seconds=settings.WAVE_DRIVE_SECONDS, interval=settings.WAVE_POLL_SECONDS
+    )
+
+
+def drive_active_waves() -> int:
+    """Scheduled every minute: pick up any active wave nobody is driving (after a crash, too)."""
+    wave_ids = transfers.waves_needing_a_driver()
+    for wave_id in wave_ids:
+        async_task("waves.tasks.drive_wave", wave_id, task_name=f"drive-wave-{wave_id}")
+    return len(wave_ids)

@@ -1,0 +1,298 @@
+"""The transfer engine: moves a running wave's mailboxes through the migration backend.
+
+One call of `wave_advance` does every step that is due, and each step is idempotent:
+  plan     pack approved cohorts into at most WAVE_MAX_BATCHES batches, recorded before any
+           backend call, so a re-run sends the same batches under the same names;
+  submit   create and start each planned batch ("already exists" is success), then mark it
+           submitted and its mailboxes queued, in one transaction;
+  pause / resume   stop or start batches to match the wave;
+  poll     read each batch's users, map their statuses to ours, apply changes in bulk, retry
+           failures up to MAILBOX_MAX_ATTEMPTS, then flag them as needing attention;
+  cutover  at the wave's cutover time, complete every batch;
+  finish   when nothing is in flight, mark bookings and the wave done.
+`wave_drive` holds a lease on the wave so that one worker drives it at a time.
+"""
+
+import heapq
+import logging
+import time
+from collections import defaultdict
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+from django.utils.text import slugify
+
+from mailboxes.models import MAILBOX_IN_FLIGHT, MAILBOX_TRANSITIONS, Mailbox, MailboxStatus
+from mailboxes.services import mailboxes_transition
+from portal.lib.transitions import Actor, TransitionNotAllowed
+from waves.backends import BackendError, MigrationBackend, get_backend, portal_status
+from waves.models import (
+    WAVE_ACTIVE,
+    BookingStatus,
+    CohortMailbox,
+    MigrationBatch,
+    MigrationBatchStatus,
+    Wave,
+    WaveStatus,
+)
+from waves.services import bookings_transition, wave_transition
+
+log = logging.getLogger(__name__)
+WORKER = "Migration worker"
+M = MailboxStatus
+
+
+def wave_drive(wave_id: int, *, seconds: float, interval: float) -> bool:
+    """Advance the wave every `interval` seconds for up to `seconds`; False if another holds it."""
+    now = timezone.now()
+    claimed = (
+        Wave.objects.filter(pk=wave_id, status__in=WAVE_ACTIVE)
+        .filter(Q(driver_lease_until=None) | Q(driver_lease_until__lt=now))
+        .update(driver_lease_until=now + timedelta(seconds=seconds + 60))
+    )
+    if not claimed:
+        return False
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            wave = wave_advance(wave_id)
+            if wave.status not in WAVE_ACTIVE or time.monotonic() + interval > deadline:
+                break
+            time.sleep(interval)
+    finally:
+        Wave.objects.filter(pk=wave_id).update(driver_lease_until=None)
+    return True
+
+
+def waves_needing_a_driver() -> list[int]:
+    return list(
+        Wave.objects.filter(status__in=WAVE_ACTIVE)
+        .filter(Q(driver_lease_until=None) | Q(driver_lease_until__lt=timezone.now()))
+        .values_list("pk", flat=True)
+    )
+
+
+def wave_advance(wave_id: int, backend: MigrationBackend | None = None) -> Wave:
+    wave = Wave.objects.get(pk=wave_id)
+    if wave.status not in WAVE_ACTIVE:
+        return wave
+    backend = backend or get_backend()
+    wave_plan(wave)
+    if wave.status == WaveStatus.RUNNING:
+        for batch in wave.batches.filter(status=MigrationBatchStatus.PLANNED):
+            _call(batch, batch_submit, batch, backend)
+    _match_pause(wave, backend)
+    for batch in wave.batches.exclude(status=MigrationBatchStatus.PLANNED):
+        _call(batch, batch_poll, batch, backend)
+    wave.refresh_from_db()
+    if wave.status == WaveStatus.RUNNING and timezone.now() >= wave.cutover_at:
+        wave_transition(wave=wave, to=WaveStatus.COMPLETING, actor=WORKER, reason="Cutover time reached")
+    if wave.status == WaveStatus.COMPLETING:
+        for batch in wave.batches.filter(status=MigrationBatchStatus.SUBMITTED):
+            _call(batch, batch_complete, batch, backend)
+        wave_finish_if_settled(wave)
+    return wave
+
+
+def _call(batch: MigrationBatch, step, *args) -> None:
+    """Run one step on one batch; a backend refusal is recorded on the batch, not raised."""
+    try:
+        step(*args)
+    except BackendError as error:
+        log.warning("Batch %s: %s", batch.name, error)
+        MigrationBatch.objects.filter(pk=batch.pk).update(last_error=str(error)[:1000])
+
+
+def wave_plan(wave: Wave) -> None:
+    """Pack approved cohorts into batches, each cohort whole (shared mailboxes move with it)."""
+    with transaction.atomic():
+        wave = Wave.objects.select_for_update().get(pk=wave.pk)
+        if wave.batches.exists():
+            return
+        bookings = list(
+            wave.bookings.filter(status=BookingStatus.APPROVED).order_by("-mailbox_count", "pk")
+        )
+        if not bookings:
+            return
+        slices = min(settings.WAVE_MAX_BATCHES, len(bookings))
+        prefix = f"w{wave.pk}-{slugify(wave.name)[:40]}"
+        batches = MigrationBatch.objects.bulk_create(
+            [MigrationBatch(wave=wave, name=f"{prefix}-{i + 1:03d}") for i in range(slices)]
+        )
+        # Largest cohort first into the emptiest batch keeps batches within a cohort of each other.
+        load = [(0, i) for i in range(slices)]
+        for booking in bookings:
+            size, i = heapq.heappop(load)
+            CohortMailbox.objects.filter(booking=booking, active=True).update(batch=batches[i])
+            heapq.heappush(load, (size + booking.mailbox_count, i))
+        bookings_transition(
+            booking_ids=[b.pk for b in bookings], to=BookingStatus.IN_PROGRESS, actor=WORKER,
+            reason=f"{wave.name} started",
+        )
+
+
+def batch_submit(batch: MigrationBatch, backend: MigrationBackend) -> None:
+    members = batch.members.filter(active=True)
+    addresses = list(members.order_by("mailbox__address").values_list("mailbox__address", flat=True))
+    ref = backend.create_batch(
+        name=batch.name,
+        addresses=addresses,
+        start_after=batch.wave.starts_at,
+        complete_after=batch.wave.cutover_at,
+    )
+    backend.start_batch(ref)
+    with transaction.atomic():
+        marked = MigrationBatch.objects.filter(pk=batch.pk, status=MigrationBatchStatus.PLANNED).update(
+            status=MigrationBatchStatus.SUBMITTED, backend_ref=ref, submitted_at=timezone.now(),
+            last_error="",
+        )
+        if marked:
+            mailboxes_transition(
+                mailbox_ids=list(members.values_list("mailbox_id", flat=True)),
+                to=M.QUEUED, actor=WORKER, reason=f"Submitted in migration batch {batch.name}",
+                expected_from={M.SCHEDULED},
+            )
+
+
+def _match_pause(wave: Wave, backend: MigrationBackend) -> None:
+    submitted = wave.batches.exclude(status=MigrationBatchStatus.PLANNED)
+    if wave.status == WaveStatus.PAUSED:
+        for batch in submitted.filter(stopped=False):
+            _call(batch, _set_stopped, batch, backend, True)
+    else:
+        for batch in submitted.filter(stopped=True):
+            _call(batch, _set_stopped, batch, backend, False)
+
+
+def _set_stopped(batch: MigrationBatch, backend: MigrationBackend, stopped: bool) -> None:
+    (backend.stop_batch if stopped else backend.start_batch)(batch.backend_ref)
+    MigrationBatch.objects.filter(pk=batch.pk).update(stopped=stopped)
+
+
+def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
+    """Bring our record of the batch's users up to date with the backend, in bulk."""
+    if batch.stopped and batch.wave.status != WaveStatus.PAUSED:
+        return
+    members = {
+        row[0].lower(): row
+        for row in batch.members.filter(active=True).values_list(
+            "mailbox__address", "pk", "mailbox_id", "mailbox__status", "attempts",
+            "backend_status", "bytes_transferred", "items_transferred", "last_error",
+        )
+    }
+    moves: dict[tuple[str, str], list[int]] = defaultdict(list)
+    changed: list[CohortMailbox] = []
+    retry = False
+    now = timezone.now()
+    for user in backend.user_statuses(batch.backend_ref):
+        row = members.get(user.address.lower())
+        if row is None:
+            continue
+        _, cohort_id, mailbox_id, status, attempts, seen, bytes_done, items_done, error = row
+        target = portal_status(user.status)
+        reason = f"Migration service reports {user.status}"
+        if target == M.FAILED and not (seen and portal_status(seen) == M.FAILED):
+            attempts += 1
+            if attempts < settings.MAILBOX_MAX_ATTEMPTS:
+                target, retry = M.QUEUED, True
+                reason = f"Attempt {attempts} of {settings.MAILBOX_MAX_ATTEMPTS} failed, retrying: {user.error}"
+            else:
+                reason = f"Failed after {attempts} attempts: {user.error}"
+        elif target == M.FAILED:
+            target = status  # still failed from a retry not yet picked up: nothing new
+        if target != status:
+            moves[(target, reason)].append(mailbox_id)
+        new = (user.status, user.bytes_transferred, user.items_transferred, user.error[:1000])
+        if new != (seen, bytes_done, items_done, error) or row[4] != attempts:
+            changed.append(
+                CohortMailbox(
+                    pk=cohort_id, backend_status=new[0], bytes_transferred=new[1],
+                    items_transferred=new[2], last_error=new[3] or error, attempts=attempts,
+                    last_activity_at=now,
+                )
+            )
+    with transaction.atomic():
+        for (target, reason), ids in moves.items():
+            mailboxes_transition(mailbox_ids=ids, to=target, actor=WORKER, reason=reason)
+        CohortMailbox.objects.bulk_update(
+            changed,
+            ["backend_status", "bytes_transferred", "items_transferred", "last_error", "attempts",
+             "last_activity_at"],
+            batch_size=1000,
+        )
+        MigrationBatch.objects.filter(pk=batch.pk).update(last_polled_at=now, last_error="")
+    if retry:
+        backend.start_batch(batch.backend_ref)
+
+
+def batch_complete(batch: MigrationBatch, backend: MigrationBackend) -> None:
+    backend.complete_batch(batch.backend_ref)
+    MigrationBatch.objects.filter(pk=batch.pk, status=MigrationBatchStatus.SUBMITTED).update(
+        status=MigrationBatchStatus.COMPLETING, completion_requested_at=timezone.now()
+    )
+
+
+def wave_finish_if_settled(wave: Wave) -> bool:
+    with transaction.atomic():
+        unsettled = CohortMailbox.objects.filter(
+            booking__wave=wave, active=True,
+            mailbox__status__in=MAILBOX_IN_FLIGHT | {M.SCHEDULED},
+        ).exists()
+        if unsettled:
+            return False
+        outcome = dict(
+            CohortMailbox.objects.filter(booking__wave=wave, active=True)
+            .values_list("mailbox__status").annotate(n=Count("pk"))
+        )
+        bookings_transition(
+            booking_ids=list(wave.bookings.filter(status=BookingStatus.IN_PROGRESS).values_list("pk", flat=True)),
+            to=BookingStatus.DONE, actor=WORKER, reason=f"{wave.name} finished",
+        )
+        wave_transition(
+            wave=wave, to=WaveStatus.DONE, actor=WORKER,
+            reason=f"{outcome.get(M.COMPLETED, 0):,} completed, {outcome.get(M.FAILED, 0):,} need attention",
+        )
+    return True
+
+
+def _cohort_entry(mailbox: Mailbox) -> CohortMailbox:
+    entry = (
+        CohortMailbox.objects.select_related("batch", "booking__wave")
+        .filter(mailbox=mailbox, active=True).first()
+    )
+    if entry is None or entry.batch is None or entry.batch.status == MigrationBatchStatus.PLANNED:
+        raise TransitionNotAllowed(f"{mailbox.address} is not in a running migration batch.")
+    return entry
+
+
+def mailbox_retry(*, mailbox: Mailbox, actor: Actor, backend: MigrationBackend | None = None) -> None:
+    """An operator retries a mailbox that needs attention: its attempts start again."""
+    if mailbox.status != M.FAILED:
+        raise TransitionNotAllowed(f"{mailbox.address} does not need attention.")
+    entry = _cohort_entry(mailbox)
+    (backend or get_backend()).start_batch(entry.batch.backend_ref)
+    with transaction.atomic():
+        CohortMailbox.objects.filter(pk=entry.pk).update(attempts=0, backend_status="")
+        mailboxes_transition(mailbox_ids=[mailbox.pk], to=M.QUEUED, actor=actor,
+                             reason="Retried by the central team", expected_from={M.FAILED})
+
+
+def mailbox_roll_back(*, mailbox: Mailbox, actor: Actor, reason: str,
+                      backend: MigrationBackend | None = None) -> None:
+    """Take a mailbox that has not completed out of its batch; it stays on the old service."""
+    if mailbox.status not in MAILBOX_TRANSITIONS[M.ROLLED_BACK]:
+        raise TransitionNotAllowed(
+            f"{mailbox.address} is {mailbox.get_status_display().lower()}: only a mailbox that has "
+            "not started completing can be rolled back."
+        )
+    if not reason.strip():
+        raise TransitionNotAllowed("Give a reason for rolling the mailbox back.")
+    entry = _cohort_entry(mailbox)
+    (backend or get_backend()).remove_user(entry.batch.backend_ref, mailbox.address)
+    with transaction.atomic():
+        CohortMailbox.objects.filter(pk=entry.pk).update(active=False)
+        mailboxes_transition(mailbox_ids=[mailbox.pk], to=M.ROLLED_BACK, actor=actor,
+                             reason=f"Rolled back: {reason.strip()}")

@@ -1,0 +1,18 @@
+from django.urls import path
+
+from waves import views
+
+app_name = "waves"
+urlpatterns = [
+    path("", views.wave_list, name="list"),
+    path("new/", views.wave_create, name="create"),
+    path("<uuid:public_id>/", views.wave_detail, name="detail"),
+    path("<uuid:public_id>/<slug:action>/", views.wave_action, name="action"),
+    path("mailboxes/<int:mailbox_id>/<slug:action>/", views.mailbox_action, name="mailbox_action"),
+    path("bookings/", views.booking_queue, name="booking_queue"),
+    path("bookings/<uuid:public_id>/", views.booking_detail, name="booking_detail"),
+    path("bookings/<uuid:public_id>/decide/", views.booking_decide, name="booking_decide"),
+    path("bookings/<uuid:public_id>/withdraw/", views.booking_withdraw, name="booking_withdraw"),
+    path("book/", views.lead_waves, name="lead_waves"),
+    path("book/<uuid:public_id>/", views.booking_create, name="book"),
+]
