@@ -63,7 +63,13 @@ MAILBOX_TRANSITIONS: dict[str, set[str]] = {
     S.BOOKED: {S.NOT_SCHEDULED, S.ROLLED_BACK},
     S.NOT_SCHEDULED: {S.BOOKED, S.SCHEDULED},  # booking rejected or withdrawn
     S.SCHEDULED: {S.BOOKED},  # booking approved
-    S.QUEUED: {S.SCHEDULED, S.FAILED, S.SYNCING, S.SYNCED, S.STOPPED},  # submitted, retried, resumed
+    S.QUEUED: {
+        S.SCHEDULED,
+        S.FAILED,
+        S.SYNCING,
+        S.SYNCED,
+        S.STOPPED,
+    },  # submitted, retried, resumed
     S.SYNCING: {S.QUEUED, S.SYNCED, S.STOPPED},
     S.SYNCED: {S.QUEUED, S.SYNCING, S.STOPPED},
     S.COMPLETING: {S.QUEUED, S.SYNCING, S.SYNCED},
@@ -94,7 +100,9 @@ class Mailbox(models.Model):
     recipient_type = models.CharField(max_length=20, choices=RecipientType.choices)
     size_bytes = models.BigIntegerField(default=0)
     item_count = models.BigIntegerField(default=0)
-    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="mailboxes")
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.PROTECT, related_name="mailboxes"
+    )
     status = models.CharField(
         max_length=20, choices=MailboxStatus.choices, default=MailboxStatus.NOT_SCHEDULED
     )
@@ -133,3 +141,6 @@ class MailboxEvent(models.Model):
     class Meta:
         ordering = ["at", "id"]
         indexes = [models.Index(fields=["mailbox", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id}: {self.from_status or '-'} → {self.to_status}"

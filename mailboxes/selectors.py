@@ -39,7 +39,8 @@ def mailbox_list(
         mailboxes = mailboxes.filter(recipient_type=recipient_type)
     if search:
         mailboxes = mailboxes.filter(
-            Q(address__istartswith=search) | Q(display_name__icontains=search)
+            Q(address__istartswith=search)
+            | Q(display_name__icontains=search)
             | Q(upn__istartswith=search)
         )
     return mailboxes.order_by("address")
@@ -48,7 +49,9 @@ def mailbox_list(
 def mailbox_status_counts(organisation: Organisation) -> dict[str, int]:
     counts = dict(
         Mailbox.objects.filter(organisation=organisation)
-        .values_list("status").annotate(n=Count("pk")).order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .order_by()
     )
     return {status: counts.get(status, 0) for status in MailboxStatus.values}
 
@@ -64,14 +67,17 @@ def mailbox_search(query: str, *, limit: int = 20) -> list[Mailbox]:
         return []
     lowered = query.lower()
     exact = list(
-        Mailbox.objects.select_related("organisation").filter(Q(address=lowered) | Q(upn=lowered))[:1]
+        Mailbox.objects.select_related("organisation").filter(Q(address=lowered) | Q(upn=lowered))[
+            :1
+        ]
     )
     if exact:
         return exact
     return list(
         Mailbox.objects.select_related("organisation")
         .filter(
-            Q(address__startswith=lowered) | Q(upn__startswith=lowered)
+            Q(address__startswith=lowered)
+            | Q(upn__startswith=lowered)
             | Q(display_name__icontains=query)
         )
         .order_by("display_name", "address")[:limit]

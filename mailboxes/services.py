@@ -2,9 +2,8 @@
 
 from collections.abc import Iterable, Sequence
 
-from portal.lib.transitions import Actor, transition_rows
-
 from mailboxes.models import MAILBOX_TRANSITIONS, Mailbox, MailboxEvent, MailboxStatus
+from portal.lib.transitions import Actor, transition_rows
 
 
 def mailboxes_transition(

@@ -30,7 +30,9 @@ def role_of(user: AbstractBaseUser | AnonymousUser) -> Role | None:
     if cached is not False:
         return cached
     names = set(user.groups.values_list("name", flat=True))
-    role = next((r for r in (Role.CENTRAL_TEAM, Role.HELPDESK, Role.IT_LEAD) if r.value in names), None)
+    role = next(
+        (r for r in (Role.CENTRAL_TEAM, Role.HELPDESK, Role.IT_LEAD) if r.value in names), None
+    )
     user._portal_role = role
     return role
 

@@ -19,7 +19,9 @@ def env_str(name: str, default: str | None = None, *, allow_file: bool = False) 
         try:
             return path.read_text().strip()
         except OSError as error:
-            raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {error.strerror}") from None
+            raise ImproperlyConfigured(
+                f"{name}_FILE: cannot read {path}: {error.strerror}"
+            ) from None
     return os.environ.get(name, default)
 
 
@@ -48,7 +50,9 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
-def env_float(name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None) -> float:
+def env_float(
+    name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
+) -> float:
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -57,7 +61,9 @@ def env_float(name: str, default: float, *, minimum: float = 0.0, maximum: float
     except ValueError:
         raise ImproperlyConfigured(f"{name}: expected a number, got {raw!r}") from None
     if value < minimum or (maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        bounds = (
+            f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        )
         raise ImproperlyConfigured(f"{name}: must be {bounds}, got {value}")
     return value
 

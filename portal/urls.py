@@ -7,7 +7,9 @@ from portal import views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("sign-in/", auth_views.LoginView.as_view(template_name="portal/sign_in.html"), name="login"),
+    path(
+        "sign-in/", auth_views.LoginView.as_view(template_name="portal/sign_in.html"), name="login"
+    ),
     path("sign-out/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.health, name="health"),
     path("mailboxes/", include("mailboxes.urls")),

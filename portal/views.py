@@ -18,7 +18,8 @@ def home(request: HttpRequest) -> HttpResponse:
     role = role_of(request.user)
     if role is None:
         return HttpResponse(
-            "Your account has no role in the portal yet. Ask the central migration team.", status=403
+            "Your account has no role in the portal yet. Ask the central migration team.",
+            status=403,
         )
     return redirect(HOME_BY_ROLE[role])
 

@@ -8,10 +8,15 @@ class HelpdeskCall(models.Model):
     """A call or message about one mailbox, recorded by the helpdesk."""
 
     mailbox = models.ForeignKey(Mailbox, on_delete=models.PROTECT, related_name="helpdesk_calls")
-    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
     recorded_at = models.DateTimeField(auto_now_add=True)
     summary = models.TextField(max_length=2000)
     resolved = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-recorded_at"]
+
+    def __str__(self) -> str:
+        return f"Call about {self.mailbox_id} at {self.recorded_at:%Y-%m-%d %H:%M}"

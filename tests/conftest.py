@@ -28,7 +28,9 @@ def make_user(username: str, role: Role | None = None):
     return user
 
 
-def make_mailboxes(organisation: Organisation, count: int, *, size_bytes: int = GB // 2) -> list[Mailbox]:
+def make_mailboxes(
+    organisation: Organisation, count: int, *, size_bytes: int = GB // 2
+) -> list[Mailbox]:
     domain = organisation.code.lower()
     return Mailbox.objects.bulk_create(
         [
@@ -46,8 +48,16 @@ def make_mailboxes(organisation: Organisation, count: int, *, size_bytes: int = 
     )
 
 
-def make_wave(actor, *, name="Weeknight 1", capacity_mailboxes=1000, capacity_gb=1000,
-              open_=True, starts_in=timedelta(days=3), **overrides) -> Wave:
+def make_wave(
+    actor,
+    *,
+    name="Weeknight 1",
+    capacity_mailboxes=1000,
+    capacity_gb=1000,
+    open_=True,
+    starts_in=timedelta(days=3),
+    **overrides,
+) -> Wave:
     starts = timezone.now() + starts_in
     wave = wave_create(
         name=name,
@@ -62,6 +72,15 @@ def make_wave(actor, *, name="Weeknight 1", capacity_mailboxes=1000, capacity_gb
     if open_:
         wave_open(wave=wave, actor=actor)
     return wave
+
+
+@pytest.fixture(autouse=True)
+def plain_static_files(settings):
+    """Tests render templates without running collectstatic first, so no manifest is needed."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
 
 
 @pytest.fixture
@@ -92,7 +111,9 @@ def eve(db):
 @pytest.fixture
 def airedale(alice):
     org = Organisation.objects.create(
-        code="RCF", name="Airedale NHS Foundation Trust", type=OrganisationType.TRUST,
+        code="RCF",
+        name="Airedale NHS Foundation Trust",
+        type=OrganisationType.TRUST,
         region="North East and Yorkshire",
     )
     org.leads.add(alice)
@@ -103,7 +124,9 @@ def airedale(alice):
 @pytest.fixture
 def bradford(bob):
     org = Organisation.objects.create(
-        code="B83001", name="Bradford Road Practice", type=OrganisationType.GP_PRACTICE,
+        code="B83001",
+        name="Bradford Road Practice",
+        type=OrganisationType.GP_PRACTICE,
         region="North East and Yorkshire",
     )
     org.leads.add(bob)

@@ -82,6 +82,15 @@ class Wave(models.Model):
         return self.capacity_gb * 1024**3
 
     @property
+    def free_mailboxes(self) -> int:
+        """Room left; needs `used_mailboxes` from `waves.selectors.waves_with_capacity`."""
+        return max(self.capacity_mailboxes - self.used_mailboxes, 0)
+
+    @property
+    def free_bytes(self) -> int:
+        return max(self.capacity_bytes - self.used_bytes, 0)
+
+    @property
     def status_colour(self) -> str:
         return WAVE_STATUS_COLOURS[self.status]
 
@@ -120,7 +129,9 @@ class Booking(models.Model):
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     wave = models.ForeignKey(Wave, on_delete=models.PROTECT, related_name="bookings")
-    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="bookings")
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.PROTECT, related_name="bookings"
+    )
     status = models.CharField(max_length=20, choices=BookingStatus.choices)
     status_changed_at = models.DateTimeField(auto_now_add=True)
     # Fixed when the booking is made: the wave's capacity check sums these under a row lock.
@@ -173,6 +184,9 @@ class MigrationBatch(models.Model):
     class Meta:
         ordering = ["name"]
 
+    def __str__(self) -> str:
+        return self.name
+
 
 class CohortMailbox(models.Model):
     """A mailbox in a booking's cohort, with its progress through the backend."""
@@ -200,6 +214,9 @@ class CohortMailbox(models.Model):
         ]
         indexes = [models.Index(fields=["batch", "mailbox"])]
 
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} in booking {self.booking_id}"
+
 
 class WaveEvent(models.Model):
     wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="events")
@@ -214,6 +231,9 @@ class WaveEvent(models.Model):
 
     class Meta:
         ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.wave_id}: {self.from_status or '-'} → {self.to_status}"
 
 
 class BookingEvent(models.Model):
@@ -230,6 +250,9 @@ class BookingEvent(models.Model):
     class Meta:
         ordering = ["at", "id"]
 
+    def __str__(self) -> str:
+        return f"{self.booking_id}: {self.from_status or '-'} → {self.to_status}"
+
 
 class SimulatedBatch(models.Model):
     """Simulator backend state: a migration batch as the simulated Exchange side holds it."""
@@ -239,6 +262,9 @@ class SimulatedBatch(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
     complete_requested_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class SimulatedUser(models.Model):
@@ -257,6 +283,10 @@ class SimulatedUser(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["batch", "address"], name="simulated_user_once_per_batch")
+            models.UniqueConstraint(
+                fields=["batch", "address"], name="simulated_user_once_per_batch"
+            )
         ]
 
+    def __str__(self) -> str:
+        return f"{self.address} in {self.batch_id}"

@@ -61,7 +61,8 @@ def wave_progress(wave: Wave) -> dict:
     return {
         "by_status": [
             {"status": s, "label": s.label, "count": counts.get(s, 0)}
-            for s in MailboxStatus if counts.get(s, 0)
+            for s in MailboxStatus
+            if counts.get(s, 0)
         ],
         "total": total,
         "completed": completed,

@@ -36,7 +36,9 @@ class BookingRefused(Exception):
     """A booking the rules refuse; the message says why, in the user's words."""
 
 
-def wave_transition(*, wave: Wave, to: WaveStatus, actor: Actor, reason: str = "", **updates) -> None:
+def wave_transition(
+    *, wave: Wave, to: WaveStatus, actor: Actor, reason: str = "", **updates
+) -> None:
     moved = transition_rows(
         model=Wave,
         event_model=WaveEvent,
@@ -73,8 +75,12 @@ def bookings_transition(
     )
 
 
-def _booking_transition(*, booking: Booking, to: BookingStatus, actor: Actor, reason: str = "", **updates):
-    if not bookings_transition(booking_ids=[booking.pk], to=to, actor=actor, reason=reason, **updates):
+def _booking_transition(
+    *, booking: Booking, to: BookingStatus, actor: Actor, reason: str = "", **updates
+):
+    if not bookings_transition(
+        booking_ids=[booking.pk], to=to, actor=actor, reason=reason, **updates
+    ):
         current = Booking.objects.get(pk=booking.pk)
         raise TransitionNotAllowed(
             f"This booking is {current.get_status_display().lower()}, so it cannot be "
@@ -105,7 +111,10 @@ def wave_create(
             capacity_gb=capacity_gb,
         )
         WaveEvent.objects.create(
-            wave=wave, at=wave.created_at, to_status=WaveStatus.PLANNED, reason="Created",
+            wave=wave,
+            at=wave.created_at,
+            to_status=WaveStatus.PLANNED,
+            reason="Created",
             **actor_fields(actor),
         )
     return wave
@@ -125,8 +134,12 @@ def wave_cancel(*, wave: Wave, actor: Actor, reason: str) -> None:
     with transaction.atomic():
         wave_transition(wave=wave, to=WaveStatus.CANCELLED, actor=actor, reason=reason)
         for booking in wave.bookings.filter(status__in=BOOKING_ACTIVE):
-            _release(booking=booking, to=BookingStatus.WITHDRAWN, actor=actor,
-                     reason=f"Wave cancelled: {reason}")
+            _release(
+                booking=booking,
+                to=BookingStatus.WITHDRAWN,
+                actor=actor,
+                reason=f"Wave cancelled: {reason}",
+            )
 
 
 def wave_start(*, wave: Wave, actor: Actor) -> None:
@@ -183,7 +196,9 @@ def booking_create(
     with transaction.atomic():
         wave = Wave.objects.select_for_update().get(pk=wave.pk)
         if wave.status != WaveStatus.OPEN:
-            raise BookingRefused(f"{wave.name} is {wave.get_status_display().lower()}, not open for booking.")
+            raise BookingRefused(
+                f"{wave.name} is {wave.get_status_display().lower()}, not open for booking."
+            )
         if timezone.now() >= wave.booking_deadline:
             raise BookingRefused(f"The booking deadline for {wave.name} has passed.")
 
@@ -234,8 +249,11 @@ def booking_create(
             submitted_by=actor,
         )
         BookingEvent.objects.create(
-            booking=booking, at=booking.created_at, to_status=BookingStatus.SUBMITTED,
-            reason=f"{count:,} mailboxes booked", **actor_fields(actor),
+            booking=booking,
+            at=booking.created_at,
+            to_status=BookingStatus.SUBMITTED,
+            reason=f"{count:,} mailboxes booked",
+            **actor_fields(actor),
         )
         ids = [pk for pk, _ in chosen]
         try:
@@ -248,13 +266,14 @@ def booking_create(
                 "Some of these mailboxes were booked by someone else a moment ago. Try again."
             ) from None
         moved = mailboxes_transition(
-            mailbox_ids=ids, to=MailboxStatus.BOOKED, actor=actor,
-            reason=f"Booked into {wave.name}", expected_from=BOOKABLE,
+            mailbox_ids=ids,
+            to=MailboxStatus.BOOKED,
+            actor=actor,
+            reason=f"Booked into {wave.name}",
+            expected_from=BOOKABLE,
         )
         if len(moved) != count:
-            raise BookingRefused(
-                "Some of these mailboxes changed status while booking. Try again."
-            )
+            raise BookingRefused("Some of these mailboxes changed status while booking. Try again.")
     return booking
 
 
@@ -265,18 +284,28 @@ def booking_approve(*, booking: Booking, actor: Actor) -> None:
             raise TransitionNotAllowed(
                 f"{wave.name} is {wave.get_status_display().lower()}: bookings can no longer be approved."
             )
-        _booking_transition(booking=booking, to=BookingStatus.APPROVED, actor=actor, reason="Approved")
+        _booking_transition(
+            booking=booking, to=BookingStatus.APPROVED, actor=actor, reason="Approved"
+        )
         mailboxes_transition(
-            mailbox_ids=_cohort_ids(booking), to=MailboxStatus.SCHEDULED, actor=actor,
-            reason=f"Booking approved for {wave.name}", expected_from={MailboxStatus.BOOKED},
+            mailbox_ids=_cohort_ids(booking),
+            to=MailboxStatus.SCHEDULED,
+            actor=actor,
+            reason=f"Booking approved for {wave.name}",
+            expected_from={MailboxStatus.BOOKED},
         )
 
 
 def booking_reject(*, booking: Booking, actor: Actor, reason: str) -> None:
     if not reason.strip():
         raise TransitionNotAllowed("Give a reason for rejecting the booking.")
-    _release(booking=booking, to=BookingStatus.REJECTED, actor=actor, reason=reason.strip(),
-             decision_reason=reason.strip())
+    _release(
+        booking=booking,
+        to=BookingStatus.REJECTED,
+        actor=actor,
+        reason=reason.strip(),
+        decision_reason=reason.strip(),
+    )
 
 
 def booking_withdraw(*, booking: Booking, actor: Actor, reason: str = "") -> None:
@@ -284,8 +313,12 @@ def booking_withdraw(*, booking: Booking, actor: Actor, reason: str = "") -> Non
         raise TransitionNotAllowed(
             f"The booking deadline for {booking.wave.name} has passed: ask the central team."
         )
-    _release(booking=booking, to=BookingStatus.WITHDRAWN, actor=actor,
-             reason=reason.strip() or "Withdrawn by the organisation")
+    _release(
+        booking=booking,
+        to=BookingStatus.WITHDRAWN,
+        actor=actor,
+        reason=reason.strip() or "Withdrawn by the organisation",
+    )
 
 
 def _release(*, booking: Booking, to: BookingStatus, actor: Actor, reason: str, **updates) -> None:
@@ -296,7 +329,9 @@ def _release(*, booking: Booking, to: BookingStatus, actor: Actor, reason: str, 
         ids = _cohort_ids(booking)
         CohortMailbox.objects.filter(booking=booking, active=True).update(active=False)
         mailboxes_transition(
-            mailbox_ids=ids, to=MailboxStatus.NOT_SCHEDULED, actor=actor,
+            mailbox_ids=ids,
+            to=MailboxStatus.NOT_SCHEDULED,
+            actor=actor,
             reason=f"Booking {BookingStatus(to).label.lower()}: {reason}",
             expected_from={MailboxStatus.BOOKED, MailboxStatus.SCHEDULED},
         )

@@ -89,7 +89,9 @@ def wave_advance(wave_id: int, backend: MigrationBackend | None = None) -> Wave:
         _call(batch, batch_poll, batch, backend)
     wave.refresh_from_db()
     if wave.status == WaveStatus.RUNNING and timezone.now() >= wave.cutover_at:
-        wave_transition(wave=wave, to=WaveStatus.COMPLETING, actor=WORKER, reason="Cutover time reached")
+        wave_transition(
+            wave=wave, to=WaveStatus.COMPLETING, actor=WORKER, reason="Cutover time reached"
+        )
     if wave.status == WaveStatus.COMPLETING:
         for batch in wave.batches.filter(status=MigrationBatchStatus.SUBMITTED):
             _call(batch, batch_complete, batch, backend)
@@ -129,14 +131,18 @@ def wave_plan(wave: Wave) -> None:
             CohortMailbox.objects.filter(booking=booking, active=True).update(batch=batches[i])
             heapq.heappush(load, (size + booking.mailbox_count, i))
         bookings_transition(
-            booking_ids=[b.pk for b in bookings], to=BookingStatus.IN_PROGRESS, actor=WORKER,
+            booking_ids=[b.pk for b in bookings],
+            to=BookingStatus.IN_PROGRESS,
+            actor=WORKER,
             reason=f"{wave.name} started",
         )
 
 
 def batch_submit(batch: MigrationBatch, backend: MigrationBackend) -> None:
     members = batch.members.filter(active=True)
-    addresses = list(members.order_by("mailbox__address").values_list("mailbox__address", flat=True))
+    addresses = list(
+        members.order_by("mailbox__address").values_list("mailbox__address", flat=True)
+    )
     ref = backend.create_batch(
         name=batch.name,
         addresses=addresses,
@@ -145,14 +151,20 @@ def batch_submit(batch: MigrationBatch, backend: MigrationBackend) -> None:
     )
     backend.start_batch(ref)
     with transaction.atomic():
-        marked = MigrationBatch.objects.filter(pk=batch.pk, status=MigrationBatchStatus.PLANNED).update(
-            status=MigrationBatchStatus.SUBMITTED, backend_ref=ref, submitted_at=timezone.now(),
+        marked = MigrationBatch.objects.filter(
+            pk=batch.pk, status=MigrationBatchStatus.PLANNED
+        ).update(
+            status=MigrationBatchStatus.SUBMITTED,
+            backend_ref=ref,
+            submitted_at=timezone.now(),
             last_error="",
         )
         if marked:
             mailboxes_transition(
                 mailbox_ids=list(members.values_list("mailbox_id", flat=True)),
-                to=M.QUEUED, actor=WORKER, reason=f"Submitted in migration batch {batch.name}",
+                to=M.QUEUED,
+                actor=WORKER,
+                reason=f"Submitted in migration batch {batch.name}",
                 expected_from={M.SCHEDULED},
             )
 
@@ -179,8 +191,15 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
     members = {
         row[0].lower(): row
         for row in batch.members.filter(active=True).values_list(
-            "mailbox__address", "pk", "mailbox_id", "mailbox__status", "attempts",
-            "backend_status", "bytes_transferred", "items_transferred", "last_error",
+            "mailbox__address",
+            "pk",
+            "mailbox_id",
+            "mailbox__status",
+            "attempts",
+            "backend_status",
+            "bytes_transferred",
+            "items_transferred",
+            "last_error",
         )
     }
     moves: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -209,8 +228,12 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
         if new != (seen, bytes_done, items_done, error) or row[4] != attempts:
             changed.append(
                 CohortMailbox(
-                    pk=cohort_id, backend_status=new[0], bytes_transferred=new[1],
-                    items_transferred=new[2], last_error=new[3] or error, attempts=attempts,
+                    pk=cohort_id,
+                    backend_status=new[0],
+                    bytes_transferred=new[1],
+                    items_transferred=new[2],
+                    last_error=new[3] or error,
+                    attempts=attempts,
                     last_activity_at=now,
                 )
             )
@@ -219,8 +242,14 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
             mailboxes_transition(mailbox_ids=ids, to=target, actor=WORKER, reason=reason)
         CohortMailbox.objects.bulk_update(
             changed,
-            ["backend_status", "bytes_transferred", "items_transferred", "last_error", "attempts",
-             "last_activity_at"],
+            [
+                "backend_status",
+                "bytes_transferred",
+                "items_transferred",
+                "last_error",
+                "attempts",
+                "last_activity_at",
+            ],
             batch_size=1000,
         )
         MigrationBatch.objects.filter(pk=batch.pk).update(last_polled_at=now, last_error="")
@@ -238,21 +267,29 @@ def batch_complete(batch: MigrationBatch, backend: MigrationBackend) -> None:
 def wave_finish_if_settled(wave: Wave) -> bool:
     with transaction.atomic():
         unsettled = CohortMailbox.objects.filter(
-            booking__wave=wave, active=True,
+            booking__wave=wave,
+            active=True,
             mailbox__status__in=MAILBOX_IN_FLIGHT | {M.SCHEDULED},
         ).exists()
         if unsettled:
             return False
         outcome = dict(
             CohortMailbox.objects.filter(booking__wave=wave, active=True)
-            .values_list("mailbox__status").annotate(n=Count("pk"))
+            .values_list("mailbox__status")
+            .annotate(n=Count("pk"))
         )
         bookings_transition(
-            booking_ids=list(wave.bookings.filter(status=BookingStatus.IN_PROGRESS).values_list("pk", flat=True)),
-            to=BookingStatus.DONE, actor=WORKER, reason=f"{wave.name} finished",
+            booking_ids=list(
+                wave.bookings.filter(status=BookingStatus.IN_PROGRESS).values_list("pk", flat=True)
+            ),
+            to=BookingStatus.DONE,
+            actor=WORKER,
+            reason=f"{wave.name} finished",
         )
         wave_transition(
-            wave=wave, to=WaveStatus.DONE, actor=WORKER,
+            wave=wave,
+            to=WaveStatus.DONE,
+            actor=WORKER,
             reason=f"{outcome.get(M.COMPLETED, 0):,} completed, {outcome.get(M.FAILED, 0):,} need attention",
         )
     return True
@@ -261,14 +298,17 @@ def wave_finish_if_settled(wave: Wave) -> bool:
 def _cohort_entry(mailbox: Mailbox) -> CohortMailbox:
     entry = (
         CohortMailbox.objects.select_related("batch", "booking__wave")
-        .filter(mailbox=mailbox, active=True).first()
+        .filter(mailbox=mailbox, active=True)
+        .first()
     )
     if entry is None or entry.batch is None or entry.batch.status == MigrationBatchStatus.PLANNED:
         raise TransitionNotAllowed(f"{mailbox.address} is not in a running migration batch.")
     return entry
 
 
-def mailbox_retry(*, mailbox: Mailbox, actor: Actor, backend: MigrationBackend | None = None) -> None:
+def mailbox_retry(
+    *, mailbox: Mailbox, actor: Actor, backend: MigrationBackend | None = None
+) -> None:
     """An operator retries a mailbox that needs attention: its attempts start again."""
     if mailbox.status != M.FAILED:
         raise TransitionNotAllowed(f"{mailbox.address} does not need attention.")
@@ -276,12 +316,18 @@ def mailbox_retry(*, mailbox: Mailbox, actor: Actor, backend: MigrationBackend |
     (backend or get_backend()).start_batch(entry.batch.backend_ref)
     with transaction.atomic():
         CohortMailbox.objects.filter(pk=entry.pk).update(attempts=0, backend_status="")
-        mailboxes_transition(mailbox_ids=[mailbox.pk], to=M.QUEUED, actor=actor,
-                             reason="Retried by the central team", expected_from={M.FAILED})
+        mailboxes_transition(
+            mailbox_ids=[mailbox.pk],
+            to=M.QUEUED,
+            actor=actor,
+            reason="Retried by the central team",
+            expected_from={M.FAILED},
+        )
 
 
-def mailbox_roll_back(*, mailbox: Mailbox, actor: Actor, reason: str,
-                      backend: MigrationBackend | None = None) -> None:
+def mailbox_roll_back(
+    *, mailbox: Mailbox, actor: Actor, reason: str, backend: MigrationBackend | None = None
+) -> None:
     """Take a mailbox that has not completed out of its batch; it stays on the old service."""
     if mailbox.status not in MAILBOX_TRANSITIONS[M.ROLLED_BACK]:
         raise TransitionNotAllowed(
@@ -294,5 +340,9 @@ def mailbox_roll_back(*, mailbox: Mailbox, actor: Actor, reason: str,
     (backend or get_backend()).remove_user(entry.batch.backend_ref, mailbox.address)
     with transaction.atomic():
         CohortMailbox.objects.filter(pk=entry.pk).update(active=False)
-        mailboxes_transition(mailbox_ids=[mailbox.pk], to=M.ROLLED_BACK, actor=actor,
-                             reason=f"Rolled back: {reason.strip()}")
+        mailboxes_transition(
+            mailbox_ids=[mailbox.pk],
+            to=M.ROLLED_BACK,
+            actor=actor,
+            reason=f"Rolled back: {reason.strip()}",
+        )

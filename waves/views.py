@@ -1,33 +1,258 @@
-def wave_list(request, **kwargs): ...
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from mailboxes.models import MAILBOX_STATUS_COLOURS, MailboxStatus
+from mailboxes.selectors import mailboxes_for, organisation_for, organisations_for
+from portal.auth import Role, role_required
+from portal.lib.transitions import TransitionNotAllowed
+from waves import services, transfers
+from waves.backends import BackendError
+from waves.forms import BookingForm, ReasonForm, RejectForm, WaveForm
+from waves.models import WAVE_ACTIVE, Booking, BookingStatus, Wave, WaveStatus
+from waves.selectors import (
+    booking_queue as select_booking_queue,
+)
+from waves.selectors import (
+    bookings_for_organisations,
+    wave_failures,
+    wave_progress,
+    waves_open_for_booking,
+    waves_with_capacity,
+)
+
+CENTRAL = Role.CENTRAL_TEAM
+LEAD = Role.IT_LEAD
+WAVE_ACTIONS = {
+    "open": lambda wave, user, reason: services.wave_open(wave=wave, actor=user),
+    "close": lambda wave, user, reason: services.wave_close(wave=wave, actor=user),
+    "start": lambda wave, user, reason: services.wave_start(wave=wave, actor=user),
+    "pause": lambda wave, user, reason: services.wave_pause(wave=wave, actor=user, reason=reason),
+    "resume": lambda wave, user, reason: services.wave_resume(wave=wave, actor=user),
+    "cancel": lambda wave, user, reason: services.wave_cancel(wave=wave, actor=user, reason=reason),
+}
+# Which buttons a wave in each status shows.
+ACTIONS_BY_STATUS = {
+    WaveStatus.PLANNED: ["open", "cancel"],
+    WaveStatus.OPEN: ["close", "cancel"],
+    WaveStatus.CLOSED: ["start", "open"],
+    WaveStatus.RUNNING: ["pause"],
+    WaveStatus.PAUSED: ["resume"],
+}
 
 
-def wave_create(request, **kwargs): ...
+@require_GET
+@role_required(CENTRAL)
+def wave_list(request: HttpRequest) -> HttpResponse:
+    waves = waves_with_capacity().order_by("starts_at")
+    return render(request, "waves/list.html", {"waves": waves})
 
 
-def wave_detail(request, **kwargs): ...
+@require_http_methods(["GET", "POST"])
+@role_required(CENTRAL)
+def wave_create(request: HttpRequest) -> HttpResponse:
+    form = WaveForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        wave = services.wave_create(**form.cleaned_data, actor=request.user)
+        messages.success(request, f"{wave.name} created. Open it for booking when it is ready.")
+        return redirect("waves:detail", public_id=wave.public_id)
+    return render(request, "waves/create.html", {"form": form}, status=400 if form.errors else 200)
 
 
-def wave_action(request, **kwargs): ...
+@require_GET
+@role_required(CENTRAL)
+def wave_detail(request: HttpRequest, public_id) -> HttpResponse:
+    wave = get_object_or_404(waves_with_capacity(), public_id=public_id)
+    context = {
+        "wave": wave,
+        "progress": wave_progress(wave),
+        "failures": wave_failures(wave),
+        "active": wave.status in WAVE_ACTIVE,
+        "actions": ACTIONS_BY_STATUS.get(wave.status, []),
+        "bookings": wave.bookings.select_related("organisation").order_by("organisation__name"),
+        "batches": wave.batches.all(),
+        "events": wave.events.order_by("-at", "-id")[:20],
+    }
+    template = "waves/detail.html#progress" if request.htmx else "waves/detail.html"
+    return render(request, template, context)
 
 
-def mailbox_action(request, **kwargs): ...
+@require_POST
+@role_required(CENTRAL)
+def wave_action(request: HttpRequest, public_id, action: str) -> HttpResponse:
+    wave = get_object_or_404(Wave, public_id=public_id)
+    if action not in WAVE_ACTIONS:
+        raise Http404("No such action.")
+    form = ReasonForm(request.POST)
+    reason = form.cleaned_data["reason"] if form.is_valid() else ""
+    if action == "cancel" and not reason.strip():
+        messages.error(request, "Give a reason for cancelling the wave.")
+        return redirect("waves:detail", public_id=wave.public_id)
+    try:
+        WAVE_ACTIONS[action](wave, request.user, reason)
+    except TransitionNotAllowed as refusal:
+        messages.error(request, str(refusal))
+    else:
+        messages.success(request, f"{wave.name} is now {wave.get_status_display().lower()}.")
+    return redirect("waves:detail", public_id=wave.public_id)
 
 
-def booking_queue(request, **kwargs): ...
+@require_POST
+@role_required(CENTRAL)
+def mailbox_action(request: HttpRequest, mailbox_id: int, action: str) -> HttpResponse:
+    mailbox = get_object_or_404(mailboxes_for(request.user), pk=mailbox_id)
+    back = request.POST.get("next", "")
+    try:
+        if action == "retry":
+            transfers.mailbox_retry(mailbox=mailbox, actor=request.user)
+        elif action == "roll-back":
+            transfers.mailbox_roll_back(
+                mailbox=mailbox, actor=request.user, reason=request.POST.get("reason", "")
+            )
+        else:
+            raise Http404("No such action.")
+    except (TransitionNotAllowed, BackendError) as refusal:
+        messages.error(request, str(refusal))
+    else:
+        messages.success(request, f"{mailbox.address}: {action.replace('-', ' ')} requested.")
+    if back.startswith("/") and not back.startswith("//"):
+        return redirect(back)
+    return redirect("support:mailbox", mailbox_id=mailbox.pk)
 
 
-def booking_detail(request, **kwargs): ...
+@require_GET
+@role_required(CENTRAL)
+def booking_queue(request: HttpRequest) -> HttpResponse:
+    page = Paginator(select_booking_queue(), 50).get_page(request.GET.get("page"))
+    return render(request, "waves/booking_queue.html", {"page_obj": page, "querystring": ""})
 
 
-def booking_decide(request, **kwargs): ...
+@require_POST
+@role_required(CENTRAL)
+def booking_decide(request: HttpRequest, public_id) -> HttpResponse:
+    booking = get_object_or_404(
+        Booking.objects.select_related("wave", "organisation"), public_id=public_id
+    )
+    decision = request.POST.get("decision")
+    try:
+        if decision == "approve":
+            services.booking_approve(booking=booking, actor=request.user)
+        elif decision == "reject":
+            form = RejectForm(request.POST)
+            if not form.is_valid():
+                raise TransitionNotAllowed("Give a reason for rejecting the booking.")
+            services.booking_reject(
+                booking=booking, actor=request.user, reason=form.cleaned_data["reason"]
+            )
+        else:
+            raise TransitionNotAllowed("Choose approve or reject.")
+    except TransitionNotAllowed as refusal:
+        messages.error(request, f"{booking}: {refusal}")
+    else:
+        messages.success(request, f"{booking}: {booking.get_status_display().lower()}.")
+    return redirect("waves:booking_queue")
 
 
-def booking_withdraw(request, **kwargs): ...
+def _booking_in_scope(request: HttpRequest, public_id) -> Booking:
+    bookings = bookings_for_organisations(organisations_for(request.user))
+    return get_object_or_404(bookings, public_id=public_id)
 
 
-def lead_waves(request, **kwargs): ...
+@require_GET
+@role_required(CENTRAL, LEAD)
+def booking_detail(request: HttpRequest, public_id) -> HttpResponse:
+    booking = _booking_in_scope(request, public_id)
+    counts = booking.cohort.filter(active=True).values_list("mailbox__status").order_by()
+    by_status: dict[str, int] = {}
+    for (status,) in counts:
+        by_status[status] = by_status.get(status, 0) + 1
+    context = {
+        "booking": booking,
+        "events": booking.events.order_by("at", "id"),
+        "counts": [
+            (MailboxStatus(s).label, MAILBOX_STATUS_COLOURS[s], n)
+            for s, n in sorted(by_status.items())
+        ],
+        "can_withdraw": booking.status in {BookingStatus.SUBMITTED, BookingStatus.APPROVED},
+    }
+    return render(request, "waves/booking_detail.html", context)
 
 
-def booking_create(request, **kwargs): ...
+@require_POST
+@role_required(CENTRAL, LEAD)
+def booking_withdraw(request: HttpRequest, public_id) -> HttpResponse:
+    booking = _booking_in_scope(request, public_id)
+    try:
+        services.booking_withdraw(
+            booking=booking, actor=request.user, reason=request.POST.get("reason", "")[:500]
+        )
+    except TransitionNotAllowed as refusal:
+        messages.error(request, str(refusal))
+    else:
+        messages.success(request, "Booking withdrawn. Its mailboxes can be booked again.")
+    return redirect("waves:booking_detail", public_id=booking.public_id)
 
 
+@require_GET
+@role_required(LEAD)
+def lead_waves(request: HttpRequest) -> HttpResponse:
+    organisations = organisations_for(request.user)
+    context = {
+        "waves": waves_open_for_booking(),
+        "bookings": bookings_for_organisations(organisations)[:100],
+    }
+    return render(request, "waves/lead_waves.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(LEAD)
+def booking_create(request: HttpRequest, public_id) -> HttpResponse:
+    wave = get_object_or_404(waves_with_capacity(), public_id=public_id)
+    organisations = list(organisations_for(request.user).order_by("name"))
+    code = (
+        request.POST.get("organisation")
+        or request.GET.get("organisation")
+        or (organisations[0].code if organisations else "")
+    )
+    organisation = organisation_for(request.user, code)
+    bookable = list(
+        mailboxes_for(request.user)
+        .filter(organisation=organisation, status__in=services.BOOKABLE)
+        .only("address", "display_name", "size_bytes", "recipient_type")
+        .order_by("address")
+    )
+    form = BookingForm(
+        request.POST or None,
+        organisations=organisations,
+        bookable=bookable,
+        initial={"organisation": organisation.code},
+    )
+    if request.method == "POST" and form.is_valid():
+        chosen = (
+            form.cleaned_data["mailboxes"] if form.cleaned_data["cohort"] == form.CHOSEN else None
+        )
+        try:
+            booking = services.booking_create(
+                wave=wave, organisation=organisation, actor=request.user, mailbox_ids=chosen
+            )
+        except services.BookingRefused as refusal:
+            form.add_error(None, str(refusal))
+        else:
+            messages.success(
+                request,
+                f"{booking.mailbox_count:,} mailboxes booked into {wave.name}. "
+                "The central team will approve or reject the booking.",
+            )
+            return redirect("waves:booking_detail", public_id=booking.public_id)
+    context = {
+        "wave": wave,
+        "organisation": organisation,
+        "form": form,
+        "bookable": bookable,
+        "bookable_bytes": sum(m.size_bytes for m in bookable),
+        "switch_url": reverse("waves:book", kwargs={"public_id": wave.public_id}),
+    }
+    return render(request, "waves/book.html", context, status=400 if form.errors else 200)

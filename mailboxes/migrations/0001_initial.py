@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,66 +15,224 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Organisation',
+            name="Organisation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.CharField(max_length=12, unique=True, verbose_name='ODS code')),
-                ('name', models.CharField(max_length=200)),
-                ('type', models.CharField(choices=[('trust', 'Trust'), ('gp_practice', 'GP practice'), ('icb', 'Integrated care board'), ('social_care', 'Social care'), ('other', 'Other')], max_length=20)),
-                ('region', models.CharField(blank=True, max_length=100)),
-                ('leads', models.ManyToManyField(blank=True, help_text="Local IT leads who see and book this organisation's mailboxes.", related_name='led_organisations', to=settings.AUTH_USER_MODEL)),
-                ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='children', to='mailboxes.organisation')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("code", models.CharField(max_length=12, unique=True, verbose_name="ODS code")),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("trust", "Trust"),
+                            ("gp_practice", "GP practice"),
+                            ("icb", "Integrated care board"),
+                            ("social_care", "Social care"),
+                            ("other", "Other"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("region", models.CharField(blank=True, max_length=100)),
+                (
+                    "leads",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="Local IT leads who see and book this organisation's mailboxes.",
+                        related_name="led_organisations",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="children",
+                        to="mailboxes.organisation",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Mailbox',
+            name="Mailbox",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('address', models.EmailField(max_length=254, unique=True, verbose_name='primary SMTP address')),
-                ('upn', models.CharField(max_length=254, unique=True, verbose_name='user principal name')),
-                ('display_name', models.CharField(max_length=256)),
-                ('recipient_type', models.CharField(choices=[('UserMailbox', 'User'), ('SharedMailbox', 'Shared'), ('RoomMailbox', 'Room'), ('EquipmentMailbox', 'Equipment')], max_length=20)),
-                ('size_bytes', models.BigIntegerField(default=0)),
-                ('item_count', models.BigIntegerField(default=0)),
-                ('status', models.CharField(choices=[('not_scheduled', 'Not scheduled'), ('booked', 'Booked'), ('scheduled', 'Scheduled'), ('queued', 'Queued'), ('syncing', 'Syncing'), ('synced', 'Synced'), ('completing', 'Completing'), ('completed', 'Completed'), ('failed', 'Needs attention'), ('stopped', 'Paused'), ('rolled_back', 'Rolled back')], default='not_scheduled', max_length=20)),
-                ('status_changed_at', models.DateTimeField(auto_now_add=True)),
-                ('organisation', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='mailboxes', to='mailboxes.organisation')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "address",
+                    models.EmailField(
+                        max_length=254, unique=True, verbose_name="primary SMTP address"
+                    ),
+                ),
+                (
+                    "upn",
+                    models.CharField(
+                        max_length=254, unique=True, verbose_name="user principal name"
+                    ),
+                ),
+                ("display_name", models.CharField(max_length=256)),
+                (
+                    "recipient_type",
+                    models.CharField(
+                        choices=[
+                            ("UserMailbox", "User"),
+                            ("SharedMailbox", "Shared"),
+                            ("RoomMailbox", "Room"),
+                            ("EquipmentMailbox", "Equipment"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("size_bytes", models.BigIntegerField(default=0)),
+                ("item_count", models.BigIntegerField(default=0)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("not_scheduled", "Not scheduled"),
+                            ("booked", "Booked"),
+                            ("scheduled", "Scheduled"),
+                            ("queued", "Queued"),
+                            ("syncing", "Syncing"),
+                            ("synced", "Synced"),
+                            ("completing", "Completing"),
+                            ("completed", "Completed"),
+                            ("failed", "Needs attention"),
+                            ("stopped", "Paused"),
+                            ("rolled_back", "Rolled back"),
+                        ],
+                        default="not_scheduled",
+                        max_length=20,
+                    ),
+                ),
+                ("status_changed_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "organisation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="mailboxes",
+                        to="mailboxes.organisation",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'mailboxes',
-                'ordering': ['address'],
+                "verbose_name_plural": "mailboxes",
+                "ordering": ["address"],
             },
         ),
         migrations.CreateModel(
-            name='MailboxEvent',
+            name="MailboxEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(db_index=True)),
-                ('actor_label', models.CharField(help_text="Who, in words: a name or 'worker'.", max_length=150)),
-                ('from_status', models.CharField(blank=True, choices=[('not_scheduled', 'Not scheduled'), ('booked', 'Booked'), ('scheduled', 'Scheduled'), ('queued', 'Queued'), ('syncing', 'Syncing'), ('synced', 'Synced'), ('completing', 'Completing'), ('completed', 'Completed'), ('failed', 'Needs attention'), ('stopped', 'Paused'), ('rolled_back', 'Rolled back')], max_length=20)),
-                ('to_status', models.CharField(choices=[('not_scheduled', 'Not scheduled'), ('booked', 'Booked'), ('scheduled', 'Scheduled'), ('queued', 'Queued'), ('syncing', 'Syncing'), ('synced', 'Synced'), ('completing', 'Completing'), ('completed', 'Completed'), ('failed', 'Needs attention'), ('stopped', 'Paused'), ('rolled_back', 'Rolled back')], max_length=20)),
-                ('reason', models.CharField(blank=True, max_length=500)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('mailbox', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='mailboxes.mailbox')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("at", models.DateTimeField(db_index=True)),
+                (
+                    "actor_label",
+                    models.CharField(
+                        help_text="Who, in words: a name or 'worker'.", max_length=150
+                    ),
+                ),
+                (
+                    "from_status",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("not_scheduled", "Not scheduled"),
+                            ("booked", "Booked"),
+                            ("scheduled", "Scheduled"),
+                            ("queued", "Queued"),
+                            ("syncing", "Syncing"),
+                            ("synced", "Synced"),
+                            ("completing", "Completing"),
+                            ("completed", "Completed"),
+                            ("failed", "Needs attention"),
+                            ("stopped", "Paused"),
+                            ("rolled_back", "Rolled back"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "to_status",
+                    models.CharField(
+                        choices=[
+                            ("not_scheduled", "Not scheduled"),
+                            ("booked", "Booked"),
+                            ("scheduled", "Scheduled"),
+                            ("queued", "Queued"),
+                            ("syncing", "Syncing"),
+                            ("synced", "Synced"),
+                            ("completing", "Completing"),
+                            ("completed", "Completed"),
+                            ("failed", "Needs attention"),
+                            ("stopped", "Paused"),
+                            ("rolled_back", "Rolled back"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("reason", models.CharField(blank=True, max_length=500)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "mailbox",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="mailboxes.mailbox",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['at', 'id'],
-                'indexes': [models.Index(fields=['mailbox', 'at'], name='mailboxes_m_mailbox_1e903b_idx')],
+                "ordering": ["at", "id"],
+                "indexes": [
+                    models.Index(fields=["mailbox", "at"], name="mailboxes_m_mailbox_1e903b_idx")
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='mailbox',
-            index=models.Index(fields=['organisation', 'status'], name='mailboxes_m_organis_9d8630_idx'),
+            model_name="mailbox",
+            index=models.Index(
+                fields=["organisation", "status"], name="mailboxes_m_organis_9d8630_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='mailbox',
-            index=models.Index(fields=['organisation', 'address'], name='mailboxes_m_organis_565b8c_idx'),
+            model_name="mailbox",
+            index=models.Index(
+                fields=["organisation", "address"], name="mailboxes_m_organis_565b8c_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='mailbox',
-            index=models.Index(django.db.models.functions.text.Lower('display_name'), name='mailbox_display_name_lower'),
+            model_name="mailbox",
+            index=models.Index(
+                django.db.models.functions.text.Lower("display_name"),
+                name="mailbox_display_name_lower",
+            ),
         ),
     ]

@@ -68,7 +68,9 @@ def transition_rows(
             if not rows:
                 continue
             pks = [pk for pk, _ in rows]
-            model.objects.filter(pk__in=pks).update(status=to, status_changed_at=at, **(updates or {}))
+            model.objects.filter(pk__in=pks).update(
+                status=to, status_changed_at=at, **(updates or {})
+            )
             event_model.objects.bulk_create(
                 [
                     event_model(

@@ -75,7 +75,8 @@ class SimulatorBackend:
             else:
                 # Restarting: failed users start a new attempt; stopped users carry on afresh.
                 retry = [
-                    u for u in users.exclude(attempt_started_at=None)
+                    u
+                    for u in users.exclude(attempt_started_at=None)
                     if self._state(batch, u, now)[0] in {"Failed", "Stopped"}
                 ]
                 for user in retry:
@@ -93,7 +94,8 @@ class SimulatorBackend:
         with transaction.atomic():
             batch = self._batch(batch_ref)
             stopping = [
-                u for u in batch.users.filter(removed=False, stopped_at=None)
+                u
+                for u in batch.users.filter(removed=False, stopped_at=None)
                 if self._state(batch, u, now)[0] not in {"Completed", "Failed"}
             ]
             for user in stopping:
@@ -132,7 +134,9 @@ class SimulatorBackend:
         size = int(draw.lognormvariate(mu, SIZE_SIGMA))
         return size, max(1, size // BYTES_PER_ITEM)
 
-    def _state(self, batch: SimulatedBatch, user: SimulatedUser, now: datetime) -> tuple[str, float, str]:
+    def _state(
+        self, batch: SimulatedBatch, user: SimulatedUser, now: datetime
+    ) -> tuple[str, float, str]:
         """(Exchange status, fraction of data copied, error) of one user at `now`."""
         if user.attempt_started_at is None:
             return "Queued", 0.0, ""
@@ -148,7 +152,11 @@ class SimulatorBackend:
             return ("Stopped" if user.stopped_at else "Queued"), 0.0, ""
         copied = min(1.0, (elapsed - queue) / sync)
         if fails_at is not None and copied >= fails_at:
-            return "Failed", fails_at, "TransientException: the source server did not respond in time."
+            return (
+                "Failed",
+                fails_at,
+                "TransientException: the source server did not respond in time.",
+            )
         if user.stopped_at:
             return "Stopped", copied, ""
         if copied < 1.0:

@@ -7,8 +7,12 @@ def add_schedule(apps, schema_editor):
     Schedule = apps.get_model("django_q", "Schedule")
     Schedule.objects.update_or_create(
         name=SCHEDULE_NAME,
-        defaults={"func": "waves.tasks.drive_active_waves", "schedule_type": "I", "minutes": 1,
-                  "repeats": -1},
+        defaults={
+            "func": "waves.tasks.drive_active_waves",
+            "schedule_type": "I",
+            "minutes": 1,
+            "repeats": -1,
+        },
     )
 
 

@@ -1,0 +1,12 @@
+from django import forms
+
+from portal.lib.forms import NHSFormMixin
+
+
+class CallForm(NHSFormMixin, forms.Form):
+    summary = forms.CharField(
+        label="What the caller needed, and what you did",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 4}),
+    )
+    resolved = forms.BooleanField(label="Resolved on this call", required=False)
