@@ -9,6 +9,7 @@ from django.db.models import Q, QuerySet
 from django_filters import rest_framework as filters
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import build_choice_description_list
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.permissions import IsAuthenticated
 
@@ -65,6 +66,7 @@ class OrganisationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Organisation
         fields = ["code", "name", "type", "region", "parent"]
+        read_only_fields = fields
 
 
 class OrganisationDetailSerializer(OrganisationSerializer):
@@ -74,11 +76,16 @@ class OrganisationDetailSerializer(OrganisationSerializer):
 
     class Meta(OrganisationSerializer.Meta):
         fields = [*OrganisationSerializer.Meta.fields, "mailbox_counts"]
+        read_only_fields = fields
 
     def get_mailbox_counts(self, organisation: Organisation) -> dict[str, int]:
         return mailbox_status_counts(organisation)
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List the organisations in your scope"),
+    retrieve=extend_schema(summary="Fetch one organisation, with its mailboxes counted by status"),
+)
 class OrganisationViewSet(viewsets.ReadOnlyModelViewSet):
     """Organisations in the user's scope: an IT lead's own, everyone's for the other roles."""
 
@@ -112,6 +119,7 @@ class MailboxSerializer(serializers.ModelSerializer):
             "organisation",
             "status",
         ]
+        read_only_fields = fields
 
 
 class MailboxFilter(filters.FilterSet):
@@ -144,6 +152,7 @@ class MailboxFilter(filters.FilterSet):
         )
 
 
+@extend_schema_view(list=extend_schema(summary="List the mailboxes in your scope"))
 class MailboxViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """Mailboxes in the user's scope, filtered and paged."""
 

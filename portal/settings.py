@@ -154,6 +154,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Organisations, mailboxes, waves and bookings of a mailbox migration.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
 # Background work: django-q2 on the database broker. A task's timeout stays below its retry, so
@@ -175,9 +176,14 @@ if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     raise ImproperlyConfigured("PORTAL_Q_TIMEOUT: must be below PORTAL_Q_RETRY")
 
 # The transfer engine. See waves/backends/ and README.md, "Configuration".
-MIGRATION_BACKEND = env_choice("PORTAL_MIGRATION_BACKEND", "simulator", {"simulator"})
+MIGRATION_BACKEND = env_choice(
+    "PORTAL_MIGRATION_BACKEND", "simulator", {"simulator", "exchange_online"}
+)
 WAVE_POLL_SECONDS = env_float("PORTAL_WAVE_POLL_SECONDS", 10.0, minimum=0.1)
 WAVE_DRIVE_SECONDS = env_float("PORTAL_WAVE_DRIVE_SECONDS", 50.0, minimum=1.0)
+# A driver holds its wave for its drive plus this margin; a driver that dies leaves the wave to
+# another once the lease lapses.
+WAVE_DRIVE_LEASE_MARGIN_SECONDS = env_float("PORTAL_WAVE_LEASE_MARGIN_SECONDS", 60.0)
 WAVE_MAX_BATCHES = env_int("PORTAL_WAVE_MAX_BATCHES", 50, minimum=1)
 WAVE_SUBMIT_CHUNK = env_int("PORTAL_WAVE_SUBMIT_CHUNK", 2000, minimum=1)
 MAILBOX_MAX_ATTEMPTS = env_int("PORTAL_MAILBOX_MAX_ATTEMPTS", 3, minimum=1)
@@ -192,6 +198,58 @@ SIMULATOR = {
     "max_queue_seconds": env_float("PORTAL_SIMULATOR_MAX_QUEUE_SECONDS", 600.0),
     "completion_seconds": env_float("PORTAL_SIMULATOR_COMPLETION_SECONDS", 120.0),
 }
+
+# Exchange Online, driven through the admin endpoint behind the ExchangeOnlineManagement module
+# (waves/backends/exchange_online.py). The app signs in with a certificate (preferred; used when
+# both are set) or a client secret; the migration endpoint is created once by an administrator.
+_EXCHANGE_TENANT_ID = env_str("PORTAL_EXCHANGE_TENANT_ID", "")
+EXCHANGE_ONLINE = {
+    "tenant_id": _EXCHANGE_TENANT_ID,
+    "client_id": env_str("PORTAL_EXCHANGE_CLIENT_ID", ""),
+    "client_secret": env_str("PORTAL_EXCHANGE_CLIENT_SECRET", "", allow_file=True),
+    "certificate_file": env_str("PORTAL_EXCHANGE_CERTIFICATE_FILE", ""),
+    "certificate_thumbprint": env_str("PORTAL_EXCHANGE_CERTIFICATE_THUMBPRINT", ""),
+    "authority": env_str(
+        "PORTAL_EXCHANGE_AUTHORITY", f"https://login.microsoftonline.com/{_EXCHANGE_TENANT_ID}"
+    ),
+    "base_url": env_str("PORTAL_EXCHANGE_BASE_URL", "https://outlook.office365.com"),
+    # The tenant's *.onmicrosoft.com domain: it names the mailbox that anchors every call.
+    "organization": env_str("PORTAL_EXCHANGE_ORGANIZATION", ""),
+    "source_endpoint": env_str("PORTAL_EXCHANGE_SOURCE_ENDPOINT", ""),
+    "target_delivery_domain": env_str("PORTAL_EXCHANGE_TARGET_DELIVERY_DOMAIN", ""),
+    "max_parallel_calls": env_int("PORTAL_EXCHANGE_MAX_PARALLEL_CALLS", 4, minimum=1),
+    # StartAfter and CompleteAfter are sent in this zone, with their UTC offset.
+    "time_zone": env_str("PORTAL_EXCHANGE_TIME_ZONE", "Europe/London"),
+    # Certificate authorities to trust instead of the system's (a TLS-inspecting proxy, or the
+    # local stand-in: python -m standins.exchange_online).
+    "ca_bundle": env_str("PORTAL_EXCHANGE_CA_BUNDLE", ""),
+}
+if MIGRATION_BACKEND == "exchange_online":
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    _missing = [
+        variable
+        for key, variable in [
+            ("tenant_id", "PORTAL_EXCHANGE_TENANT_ID"),
+            ("client_id", "PORTAL_EXCHANGE_CLIENT_ID"),
+            ("organization", "PORTAL_EXCHANGE_ORGANIZATION"),
+            ("source_endpoint", "PORTAL_EXCHANGE_SOURCE_ENDPOINT"),
+            ("target_delivery_domain", "PORTAL_EXCHANGE_TARGET_DELIVERY_DOMAIN"),
+        ]
+        if not EXCHANGE_ONLINE[key]
+    ]
+    if not (EXCHANGE_ONLINE["client_secret"] or EXCHANGE_ONLINE["certificate_file"]):
+        _missing.append("PORTAL_EXCHANGE_CERTIFICATE_FILE (or PORTAL_EXCHANGE_CLIENT_SECRET)")
+    if _missing:
+        raise ImproperlyConfigured(
+            f"PORTAL_MIGRATION_BACKEND is exchange_online: set {', '.join(_missing)}"
+        )
+    try:
+        ZoneInfo(EXCHANGE_ONLINE["time_zone"])
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ImproperlyConfigured(
+            f"PORTAL_EXCHANGE_TIME_ZONE: unknown time zone {EXCHANGE_ONLINE['time_zone']!r}"
+        ) from None
 
 LOGGING = {
     "version": 1,

@@ -4,16 +4,33 @@ alice leads Airedale NHS Foundation Trust (RCF); bob leads Bradford practice (B8
 in the central migration team; dave is on the helpdesk; eve has signed in but has no role.
 """
 
+from collections import defaultdict
+from collections.abc import Iterable
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from mailboxes.models import Mailbox, Organisation, OrganisationType, RecipientType
+from mailboxes.models import (
+    MAILBOX_TRANSITIONS,
+    Mailbox,
+    MailboxEvent,
+    MailboxStatus,
+    Organisation,
+    OrganisationType,
+    RecipientType,
+)
 from portal.auth import Role, grant_role
 from waves.models import Wave, WaveKind
-from waves.services import wave_create, wave_open
+from waves.services import (
+    booking_approve,
+    booking_create,
+    wave_close,
+    wave_create,
+    wave_open,
+    wave_start,
+)
 
 GB = 1024**3
 PASSWORD = "correct horse battery staple"
@@ -81,6 +98,117 @@ def plain_static_files(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+def make_organisation(
+    code: str,
+    name: str,
+    *,
+    lead=None,
+    mailboxes: int = 0,
+    type_: OrganisationType = OrganisationType.TRUST,
+    size_bytes: int = GB // 2,
+) -> Organisation:
+    organisation = Organisation.objects.create(
+        code=code, name=name, type=type_, region="North East and Yorkshire"
+    )
+    if lead is not None:
+        organisation.leads.add(lead)
+    if mailboxes:
+        make_mailboxes(organisation, mailboxes, size_bytes=size_bytes)
+    return organisation
+
+
+def make_approved_wave(central, cohorts: Iterable[tuple[Organisation, object]], **options) -> Wave:
+    """A wave closed for booking, holding each (organisation, lead) cohort booked and approved."""
+    wave = make_wave(central, **options)
+    for organisation, lead in cohorts:
+        booking = booking_create(wave=wave, organisation=organisation, actor=lead)
+        booking_approve(booking=booking, actor=central)
+    wave_close(wave=wave, actor=central)
+    return wave
+
+
+def start_wave_now(wave: Wave, actor, *, cutover_in: timedelta) -> Wave:
+    """Start the wave now, its dates brought forward as if the day had come.
+
+    The deadline passed two hours ago, the final sync began an hour ago, and cutover is
+    `cutover_in` from now (negative: already past).
+    """
+    now = timezone.now()
+    Wave.objects.filter(pk=wave.pk).update(
+        booking_deadline=now - timedelta(hours=2),
+        starts_at=now - timedelta(hours=1),
+        cutover_at=now + cutover_in,
+    )
+    wave.refresh_from_db()
+    wave_start(wave=wave, actor=actor)
+    return wave
+
+
+def mailbox_histories(mailbox_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
+    """Each mailbox's timeline as (from, to) pairs, in the order they were written."""
+    histories: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for mailbox_id, from_status, to_status in (
+        MailboxEvent.objects.filter(mailbox_id__in=list(mailbox_ids))
+        .order_by("id")
+        .values_list("mailbox_id", "from_status", "to_status")
+    ):
+        histories[mailbox_id].append((from_status, to_status))
+    return histories
+
+
+def assert_migration_histories(mailbox_ids: Iterable[int]) -> dict[int, list[tuple[str, str]]]:
+    """Each mailbox went booked, scheduled, queued once, then on by legal steps to an end.
+
+    The timeline is unbroken (each step starts where the last one ended, so no step is written
+    twice), every step is one the rules allow, and the last step is the mailbox's status now:
+    completed, or failed (needs attention).
+    """
+    S = MailboxStatus
+    mailbox_ids = list(mailbox_ids)
+    histories = mailbox_histories(mailbox_ids)
+    current = dict(Mailbox.objects.filter(pk__in=mailbox_ids).values_list("pk", "status"))
+    for pk in mailbox_ids:
+        path = histories[pk]
+        assert path[:3] == [
+            (S.NOT_SCHEDULED, S.BOOKED),
+            (S.BOOKED, S.SCHEDULED),
+            (S.SCHEDULED, S.QUEUED),
+        ], f"mailbox {pk}: {path}"
+        assert path.count((S.SCHEDULED, S.QUEUED)) == 1, f"mailbox {pk}: {path}"
+        for (_, previous_to), step in zip(path, path[1:], strict=False):
+            assert step[0] == previous_to, f"mailbox {pk} broken timeline: {path}"
+        for from_status, to_status in path:
+            assert from_status in MAILBOX_TRANSITIONS[to_status], f"mailbox {pk}: {path}"
+        assert path[-1][1] == current[pk], f"mailbox {pk}: {path}, now {current[pk]}"
+        assert current[pk] in {S.COMPLETED, S.FAILED}, f"mailbox {pk}: {path}"
+    return histories
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, request, tmp_path_factory):
+    """On SQLite, keep the test database in a file when the session runs a `worker` test.
+
+    The default in-memory test database cannot be shared with the `qcluster` subprocess that
+    those tests start; a file in WAL mode can, as in the embedded deployment. Sessions without
+    worker tests keep the in-memory database.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        return
+    if not any(item.get_closest_marker("worker") for item in request.session.items):
+        return
+    path = tmp_path_factory.mktemp("sqlite") / "test_portal.sqlite3"
+    database.setdefault("TEST", {})["NAME"] = str(path)
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Everyone here has the same password; hashing it the slow, safe way only costs time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

@@ -36,6 +36,10 @@ class BookingRefused(Exception):
     """A booking the rules refuse; the message says why, in the user's words."""
 
 
+class WaveRefused(Exception):
+    """A wave plan the rules refuse; the message says why."""
+
+
 def wave_transition(
     *, wave: Wave, to: WaveStatus, actor: Actor, reason: str = "", **updates
 ) -> None:
@@ -43,7 +47,7 @@ def wave_transition(
         model=Wave,
         event_model=WaveEvent,
         event_fk="wave",
-        allowed_from=WAVE_TRANSITIONS[to],
+        allowed_from=WAVE_TRANSITIONS.get(to, set()),  # nothing leads back to planned
         ids=[wave.pk],
         to=to,
         actor=actor,
@@ -66,7 +70,7 @@ def bookings_transition(
         model=Booking,
         event_model=BookingEvent,
         event_fk="booking",
-        allowed_from=BOOKING_TRANSITIONS[to],
+        allowed_from=BOOKING_TRANSITIONS.get(to, set()),  # nor back to submitted
         ids=booking_ids,
         to=to,
         actor=actor,
@@ -100,7 +104,18 @@ def wave_create(
     capacity_gb: int,
     actor: Actor,
 ) -> Wave:
+    """Plan a wave. Forms and the API check the same rules field by field; this is the guard."""
+    if not name.strip():
+        raise WaveRefused("Give the wave a name.")
+    if cutover_at <= starts_at:
+        raise WaveRefused("Cutover must be after the final sync starts.")
+    if booking_deadline > starts_at:
+        raise WaveRefused("The booking deadline must be before the wave starts.")
+    if capacity_mailboxes < 1 or capacity_gb < 1:
+        raise WaveRefused("A wave needs room for at least one mailbox and one GB.")
     with transaction.atomic():
+        if Wave.objects.filter(name__iexact=name.strip()).exists():
+            raise WaveRefused(f"A wave called {name.strip()} already exists.")
         wave = Wave.objects.create(
             name=name,
             kind=kind,
@@ -131,6 +146,8 @@ def wave_close(*, wave: Wave, actor: Actor) -> None:
 
 
 def wave_cancel(*, wave: Wave, actor: Actor, reason: str) -> None:
+    if not reason.strip():
+        raise TransitionNotAllowed("Give a reason for cancelling the wave.")
     with transaction.atomic():
         wave_transition(wave=wave, to=WaveStatus.CANCELLED, actor=actor, reason=reason)
         for booking in wave.bookings.filter(status__in=BOOKING_ACTIVE):
@@ -308,10 +325,18 @@ def booking_reject(*, booking: Booking, actor: Actor, reason: str) -> None:
     )
 
 
-def booking_withdraw(*, booking: Booking, actor: Actor, reason: str = "") -> None:
-    if timezone.now() >= booking.wave.booking_deadline:
+def booking_withdraw(
+    *, booking: Booking, actor: Actor, reason: str = "", after_deadline: bool = False
+) -> None:
+    """Withdraw before the deadline; the central team (`after_deadline`) may until the wave runs."""
+    if timezone.now() >= booking.wave.booking_deadline and not after_deadline:
         raise TransitionNotAllowed(
             f"The booking deadline for {booking.wave.name} has passed: ask the central team."
+        )
+    if booking.wave.status not in {WaveStatus.OPEN, WaveStatus.CLOSED}:
+        raise TransitionNotAllowed(
+            f"{booking.wave.name} is {booking.wave.get_status_display().lower()}: "
+            "its bookings can no longer be withdrawn."
         )
     _release(
         booking=booking,

@@ -7,7 +7,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from mailboxes.models import MAILBOX_STATUS_COLOURS, MailboxStatus
 from mailboxes.selectors import mailboxes_for, organisation_for, organisations_for
-from portal.auth import Role, role_required
+from portal.auth import Role, role_of, role_required
 from portal.lib.transitions import TransitionNotAllowed
 from waves import services, transfers
 from waves.backends import BackendError
@@ -56,7 +56,11 @@ def wave_list(request: HttpRequest) -> HttpResponse:
 def wave_create(request: HttpRequest) -> HttpResponse:
     form = WaveForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        wave = services.wave_create(**form.cleaned_data, actor=request.user)
+        try:
+            wave = services.wave_create(**form.cleaned_data, actor=request.user)
+        except services.WaveRefused as refusal:
+            form.add_error(None, str(refusal))
+            return render(request, "waves/create.html", {"form": form}, status=400)
         messages.success(request, f"{wave.name} created. Open it for booking when it is ready.")
         return redirect("waves:detail", public_id=wave.public_id)
     return render(request, "waves/create.html", {"form": form}, status=400 if form.errors else 200)
@@ -187,7 +191,10 @@ def booking_withdraw(request: HttpRequest, public_id) -> HttpResponse:
     booking = _booking_in_scope(request, public_id)
     try:
         services.booking_withdraw(
-            booking=booking, actor=request.user, reason=request.POST.get("reason", "")[:500]
+            booking=booking,
+            actor=request.user,
+            reason=request.POST.get("reason", "")[:500],
+            after_deadline=role_of(request.user) == CENTRAL,
         )
     except TransitionNotAllowed as refusal:
         messages.error(request, str(refusal))

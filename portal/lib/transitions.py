@@ -21,10 +21,15 @@ class TransitionNotAllowed(Exception):
 Actor = AbstractBaseUser | str
 
 
+ACTOR_LABEL_LENGTH = 150  # the events' actor_label field
+
+
 def actor_fields(actor: Actor) -> dict:
     if isinstance(actor, str):
-        return {"actor": None, "actor_label": actor}
-    return {"actor": actor, "actor_label": actor.get_full_name() or actor.get_username()}
+        return {"actor": None, "actor_label": actor[:ACTOR_LABEL_LENGTH]}
+    # A full name can be twice as long as the label (first and last names, 150 each).
+    label = actor.get_full_name() or actor.get_username()
+    return {"actor": actor, "actor_label": label[:ACTOR_LABEL_LENGTH]}
 
 
 def chunked(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:

@@ -1,0 +1,56 @@
+"""GET /api/lookup/?q=: the helpdesk's search as you type, across every organisation."""
+
+import pytest
+
+from tests.api.conftest import signed_in
+
+
+def found(client, q: str) -> list[str]:
+    response = client.get("/api/lookup/", {"q": q})
+    assert response.status_code == 200, response.content
+    return [m["address"] for m in response.json()]
+
+
+@pytest.mark.parametrize("user", ["dave", "carol"])
+def test_the_helpdesk_and_central_team_find_a_mailbox_by_exact_address(
+    client, request, user, airedale, bradford
+):
+    signed_in(client, request.getfixturevalue(user))
+    assert found(client, "User00003@B83001.nhs.net") == ["user00003@b83001.nhs.net"]
+
+
+def test_it_finds_by_upn(client, dave, airedale):
+    assert found(signed_in(client, dave), "user00004@rcf.nhs.uk") == ["user00004@rcf.nhs.net"]
+
+
+def test_it_finds_across_organisations_by_display_name(client, dave, airedale, bradford):
+    results = found(signed_in(client, dave), "User 00001")
+    assert results == ["user00001@b83001.nhs.net", "user00001@rcf.nhs.net"]
+
+
+def test_it_gives_at_most_twenty_results(client, dave, airedale, bradford):
+    assert len(found(signed_in(client, dave), "user")) == 20
+
+
+def test_it_gives_nothing_for_fewer_than_two_characters(client, dave, airedale):
+    signed_in(client, dave)
+    assert found(client, "u") == []
+    assert found(client, "") == []
+
+
+def test_a_result_has_the_mailbox_fields(client, dave, airedale):
+    response = signed_in(client, dave).get("/api/lookup/", {"q": "user00000@rcf.nhs.net"})
+    assert response.json()[0]["organisation"] == "RCF"
+    assert response.json()[0]["status"] == "not_scheduled"
+
+
+def test_a_missing_query_is_a_field_error(client, dave):
+    response = signed_in(client, dave).get("/api/lookup/")
+    assert response.status_code == 400
+    assert "q" in response.json()
+
+
+def test_a_query_longer_than_an_address_is_a_field_error(client, dave):
+    response = signed_in(client, dave).get("/api/lookup/", {"q": "x" * 255})
+    assert response.status_code == 400
+    assert "q" in response.json()
