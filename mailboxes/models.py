@@ -58,22 +58,18 @@ S = MailboxStatus
 # Statuses of a mailbox whose move is under way at the backend.
 MAILBOX_IN_FLIGHT = {S.QUEUED, S.SYNCING, S.SYNCED, S.COMPLETING, S.STOPPED}
 # Allowed predecessors of each status: the one place that says which moves are legal.
-# Among the in-flight statuses the backend leads: a poll may see any step, or skip some.
+# Among the in-flight statuses the backend leads: a poll may see any step, or skip some. A
+# batch restart (Exchange's Start-MigrationBatch) retries every failed user in it, so a mailbox
+# that needs attention may be seen moving again, and the portal follows.
 MAILBOX_TRANSITIONS: dict[str, set[str]] = {
     S.BOOKED: {S.NOT_SCHEDULED, S.ROLLED_BACK},
     S.NOT_SCHEDULED: {S.BOOKED, S.SCHEDULED},  # booking rejected or withdrawn
     S.SCHEDULED: {S.BOOKED},  # booking approved
-    S.QUEUED: {
-        S.SCHEDULED,
-        S.FAILED,
-        S.SYNCING,
-        S.SYNCED,
-        S.STOPPED,
-    },  # submitted, retried, resumed
-    S.SYNCING: {S.QUEUED, S.SYNCED, S.STOPPED},
-    S.SYNCED: {S.QUEUED, S.SYNCING, S.STOPPED},
-    S.COMPLETING: {S.QUEUED, S.SYNCING, S.SYNCED},
-    S.COMPLETED: {S.QUEUED, S.SYNCING, S.SYNCED, S.COMPLETING},
+    S.QUEUED: {S.SCHEDULED, S.FAILED, S.SYNCING, S.SYNCED, S.STOPPED},  # submitted, retried, resumed
+    S.SYNCING: {S.QUEUED, S.SYNCED, S.STOPPED, S.FAILED},
+    S.SYNCED: {S.QUEUED, S.SYNCING, S.STOPPED, S.FAILED},
+    S.COMPLETING: {S.QUEUED, S.SYNCING, S.SYNCED, S.FAILED},
+    S.COMPLETED: {S.QUEUED, S.SYNCING, S.SYNCED, S.COMPLETING, S.FAILED},
     S.FAILED: MAILBOX_IN_FLIGHT,
     S.STOPPED: {S.QUEUED, S.SYNCING, S.SYNCED},
     S.ROLLED_BACK: {S.QUEUED, S.SYNCING, S.SYNCED, S.STOPPED, S.FAILED},
@@ -144,3 +140,71 @@ class MailboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.mailbox_id}: {self.from_status or '-'} → {self.to_status}"
+
+
+class ImportKind(models.TextChoices):
+    ORGANISATIONS = "organisations", "Organisations"
+    MAILBOXES = "mailboxes", "Mailboxes"
+
+
+class ImportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    REFUSED = "refused", "Refused"
+    FAILED = "failed", "Failed"
+
+
+class ImportRun(models.Model):
+    """One bulk import of a CSV file in the background: its progress while it runs, then its report.
+
+    Written only by `mailboxes.importing` (`import_run_start`, `import_run_execute`).
+    """
+
+    kind = models.CharField(max_length=20, choices=ImportKind.choices)
+    status = models.CharField(
+        max_length=20, choices=ImportStatus.choices, default=ImportStatus.QUEUED
+    )
+    path = models.CharField(max_length=1000, help_text="The file on the worker's disk.")
+    skip_bad_rows = models.BooleanField(default=False)
+    rows_total = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="An estimate from the file's line count, for progress."
+    )
+    rows_read = models.PositiveBigIntegerField(default=0)
+    created = models.PositiveBigIntegerField(default=0)
+    updated = models.PositiveBigIntegerField(default=0)
+    unchanged = models.PositiveBigIntegerField(default=0)
+    skipped = models.PositiveBigIntegerField(default=0)
+    bad_rows = models.PositiveBigIntegerField(default=0)
+    problem_count = models.PositiveBigIntegerField(default=0)
+    problems = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The first problems found (line, column, value, reason); problem_count has all.",
+    )
+    error = models.TextField(blank=True, help_text="Why the whole file was refused, or failed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} import {self.pk} ({self.status})"
+
+    @property
+    def percent_done(self) -> int | None:
+        """Rows read as a share of the estimated total, for a progress bar; None if unknown."""
+        if self.status in {ImportStatus.DONE, ImportStatus.REFUSED}:
+            return 100
+        if not self.rows_total:
+            return None
+        return min(99, self.rows_read * 100 // self.rows_total)

@@ -187,7 +187,9 @@ def assert_migration_histories(mailbox_ids: Iterable[int]) -> dict[int, list[tup
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, request, tmp_path_factory):
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix, request, tmp_path_factory
+):
     """On SQLite, keep the test database in a file when the session runs a `worker` test.
 
     The default in-memory test database cannot be shared with the `qcluster` subprocess that

@@ -27,6 +27,7 @@ from django.utils.text import slugify
 
 from mailboxes.models import MAILBOX_IN_FLIGHT, MAILBOX_TRANSITIONS, Mailbox, MailboxStatus
 from mailboxes.services import mailboxes_transition
+from portal.lib.bulk import update_rows
 from portal.lib.transitions import Actor, TransitionNotAllowed
 from waves.backends import BackendError, MigrationBackend, get_backend, portal_status
 from waves.models import (
@@ -41,6 +42,14 @@ from waves.models import (
 from waves.services import bookings_transition, wave_transition
 
 log = logging.getLogger(__name__)
+PROGRESS_FIELDS = [
+    "backend_status",
+    "bytes_transferred",
+    "items_transferred",
+    "last_error",
+    "attempts",
+    "last_activity_at",
+]
 WORKER = "Migration worker"
 M = MailboxStatus
 
@@ -51,7 +60,10 @@ def wave_drive(wave_id: int, *, seconds: float, interval: float) -> bool:
     claimed = (
         Wave.objects.filter(pk=wave_id, status__in=WAVE_ACTIVE)
         .filter(Q(driver_lease_until=None) | Q(driver_lease_until__lt=now))
-        .update(driver_lease_until=now + timedelta(seconds=seconds + 60))
+        .update(
+            driver_lease_until=now
+            + timedelta(seconds=seconds + settings.WAVE_DRIVE_LEASE_MARGIN_SECONDS)
+        )
     )
     if not claimed:
         return False
@@ -203,7 +215,7 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
         )
     }
     moves: dict[tuple[str, str], list[int]] = defaultdict(list)
-    changed: list[CohortMailbox] = []
+    changed: list[tuple] = []
     retry = False
     now = timezone.now()
     for user in backend.user_statuses(batch.backend_ref):
@@ -212,11 +224,15 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
             continue
         _, cohort_id, mailbox_id, status, attempts, seen, bytes_done, items_done, error = row
         target = portal_status(user.status)
+        reported = user.status
         reason = f"Migration service reports {user.status}"
         if target == M.FAILED and not (seen and portal_status(seen) == M.FAILED):
             attempts += 1
             if attempts < settings.MAILBOX_MAX_ATTEMPTS:
                 target, retry = M.QUEUED, True
+                # The retry leaves this failure behind: forget it, so that a failure of the
+                # retry itself is counted, even if no poll sees the user between the two.
+                reported = ""
                 reason = f"Attempt {attempts} of {settings.MAILBOX_MAX_ATTEMPTS} failed, retrying: {user.error}"
             else:
                 reason = f"Failed after {attempts} attempts: {user.error}"
@@ -224,34 +240,13 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
             target = status  # still failed from a retry not yet picked up: nothing new
         if target != status:
             moves[(target, reason)].append(mailbox_id)
-        new = (user.status, user.bytes_transferred, user.items_transferred, user.error[:1000])
+        new = (reported, user.bytes_transferred, user.items_transferred, user.error[:1000])
         if new != (seen, bytes_done, items_done, error) or row[4] != attempts:
-            changed.append(
-                CohortMailbox(
-                    pk=cohort_id,
-                    backend_status=new[0],
-                    bytes_transferred=new[1],
-                    items_transferred=new[2],
-                    last_error=new[3] or error,
-                    attempts=attempts,
-                    last_activity_at=now,
-                )
-            )
+            changed.append((cohort_id, *new[:3], new[3] or error, attempts, now))
     with transaction.atomic():
         for (target, reason), ids in moves.items():
             mailboxes_transition(mailbox_ids=ids, to=target, actor=WORKER, reason=reason)
-        CohortMailbox.objects.bulk_update(
-            changed,
-            [
-                "backend_status",
-                "bytes_transferred",
-                "items_transferred",
-                "last_error",
-                "attempts",
-                "last_activity_at",
-            ],
-            batch_size=1000,
-        )
+        update_rows(CohortMailbox, PROGRESS_FIELDS, changed)
         MigrationBatch.objects.filter(pk=batch.pk).update(last_polled_at=now, last_error="")
     if retry:
         backend.start_batch(batch.backend_ref)
