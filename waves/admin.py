@@ -23,7 +23,14 @@ class BookingEventInline(ReadOnlyInline):
 
 class MigrationBatchInline(ReadOnlyInline):
     model = MigrationBatch
-    readonly_fields = fields = ["name", "status", "stopped", "backend_ref", "last_polled_at", "last_error"]
+    readonly_fields = fields = [
+        "name",
+        "status",
+        "stopped",
+        "backend_ref",
+        "last_polled_at",
+        "last_error",
+    ]
 
 
 @admin.register(Wave)
