@@ -86,4 +86,8 @@ def get_backend() -> MigrationBackend:
         from waves.backends.simulator import SimulatorBackend
 
         return SimulatorBackend(**settings.SIMULATOR)
+    if settings.MIGRATION_BACKEND == "exchange_online":
+        from waves.backends.exchange_online import ExchangeOnlineBackend
+
+        return ExchangeOnlineBackend(**settings.EXCHANGE_ONLINE)
     raise BackendError(f"No migration backend called {settings.MIGRATION_BACKEND!r}")
