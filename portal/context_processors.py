@@ -2,21 +2,33 @@ from django.urls import reverse
 
 from portal.auth import Role, role_of
 
+# (label, URL name, other path prefixes that belong to the same section)
 NAVIGATION = {
-    Role.IT_LEAD: [("Mailboxes", "mailboxes:list"), ("Waves and bookings", "waves:lead_waves")],
-    Role.CENTRAL_TEAM: [
-        ("Waves", "waves:list"),
-        ("Bookings to review", "waves:booking_queue"),
-        ("Find a mailbox", "support:search"),
+    Role.IT_LEAD: [
+        ("Mailboxes", "mailboxes:list", ["/helpdesk/mailboxes/"]),
+        ("Waves and bookings", "waves:lead_waves", ["/waves/bookings/"]),
     ],
-    Role.HELPDESK: [("Find a mailbox", "support:search")],
+    Role.CENTRAL_TEAM: [
+        ("Waves", "waves:list", []),
+        ("Bookings to review", "waves:booking_queue", []),
+        ("Find a mailbox", "support:search", []),
+    ],
+    Role.HELPDESK: [("Find a mailbox", "support:search", [])],
 }
 
 
 def navigation(request):
+    """Header links for the user's role; the one whose prefix matches the path longest is current."""
     role = role_of(request.user)
     links = []
-    for label, name in NAVIGATION.get(role, []):
+    best, best_length = None, 0
+    for label, name, extra_prefixes in NAVIGATION.get(role, []):
         url = reverse(name)
-        links.append({"label": label, "url": url, "current": request.path.startswith(url)})
+        link = {"label": label, "url": url, "current": False}
+        links.append(link)
+        for prefix in [url, *extra_prefixes]:
+            if request.path.startswith(prefix) and len(prefix) > best_length:
+                best, best_length = link, len(prefix)
+    if best:
+        best["current"] = True
     return {"nav_links": links, "portal_role": role}

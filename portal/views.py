@@ -1,7 +1,7 @@
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
 from portal.auth import Role, role_of
@@ -17,10 +17,7 @@ HOME_BY_ROLE = {
 def home(request: HttpRequest) -> HttpResponse:
     role = role_of(request.user)
     if role is None:
-        return HttpResponse(
-            "Your account has no role in the portal yet. Ask the central migration team.",
-            status=403,
-        )
+        return render(request, "portal/no_role.html", status=403)
     return redirect(HOME_BY_ROLE[role])
 
 

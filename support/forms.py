@@ -7,6 +7,7 @@ class CallForm(NHSFormMixin, forms.Form):
     summary = forms.CharField(
         label="What the caller needed, and what you did",
         max_length=2000,
+        error_messages={"required": "Enter what the caller needed and what you did"},
         widget=forms.Textarea(attrs={"rows": 4}),
     )
     resolved = forms.BooleanField(label="Resolved on this call", required=False)

@@ -4,9 +4,12 @@ alice leads Airedale NHS Foundation Trust (RCF); bob leads Bradford practice (B8
 in the central migration team; dave is on the helpdesk; eve has signed in but has no role.
 """
 
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -187,24 +190,27 @@ def assert_migration_histories(mailbox_ids: Iterable[int]) -> dict[int, list[tup
 
 
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(
-    django_db_modify_db_settings_parallel_suffix, request, tmp_path_factory
-):
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, request):
     """On SQLite, keep the test database in a file when the session runs a `worker` test.
 
     The default in-memory test database cannot be shared with the `qcluster` subprocess that
-    those tests start; a file in WAL mode can, as in the embedded deployment. Sessions without
-    worker tests keep the in-memory database.
+    those tests start; a file in WAL mode can, as in the embedded deployment. The file goes in
+    /dev/shm where there is one (memory-backed, so the other tests run as fast as in memory).
+    Sessions without worker tests keep the in-memory database.
     """
     from django.conf import settings
 
     database = settings.DATABASES["default"]
-    if database["ENGINE"] != "django.db.backends.sqlite3":
+    if database["ENGINE"] != "django.db.backends.sqlite3" or not any(
+        item.get_closest_marker("worker") for item in request.session.items
+    ):
+        yield
         return
-    if not any(item.get_closest_marker("worker") for item in request.session.items):
-        return
-    path = tmp_path_factory.mktemp("sqlite") / "test_portal.sqlite3"
-    database.setdefault("TEST", {})["NAME"] = str(path)
+    shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private folder in it
+    folder = Path(tempfile.mkdtemp(prefix="portal-tests-", dir=shm if shm.is_dir() else None))
+    database.setdefault("TEST", {})["NAME"] = str(folder / "test_portal.sqlite3")
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -18,14 +18,22 @@ class UKDateTimeField(forms.DateTimeField):
 
 class WaveForm(NHSFormMixin, forms.Form):
     name = forms.CharField(max_length=100)
-    kind = forms.ChoiceField(choices=WaveKind.choices)
+    kind = forms.ChoiceField(label="Type of wave", choices=WaveKind.choices)
     starts_at = UKDateTimeField(label="Final sync starts")
     cutover_at = UKDateTimeField(label="Cutover")
     booking_deadline = UKDateTimeField(label="Booking deadline")
     capacity_mailboxes = forms.IntegerField(
-        label="Capacity (mailboxes)", min_value=1, max_value=1_000_000
+        label="Capacity (mailboxes)",
+        min_value=1,
+        max_value=1_000_000,
+        widget=forms.NumberInput(attrs={"class": "nhsuk-input--width-10", "inputmode": "numeric"}),
     )
-    capacity_gb = forms.IntegerField(label="Data budget (GB)", min_value=1, max_value=10_000_000)
+    capacity_gb = forms.IntegerField(
+        label="Data budget (GB)",
+        min_value=1,
+        max_value=10_000_000,
+        widget=forms.NumberInput(attrs={"class": "nhsuk-input--width-10", "inputmode": "numeric"}),
+    )
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()
@@ -59,7 +67,9 @@ class BookingForm(NHSFormMixin, forms.Form):
         choices=[(ALL, "All mailboxes not yet booked"), (CHOSEN, "Only the mailboxes I choose")],
         initial=ALL,
     )
-    mailboxes = forms.TypedMultipleChoiceField(coerce=int, required=False, label="Mailboxes")
+    mailboxes = forms.TypedMultipleChoiceField(
+        coerce=int, required=False, label="Mailboxes", widget=forms.CheckboxSelectMultiple
+    )
 
     def __init__(self, *args, organisations, bookable, **kwargs):
         super().__init__(*args, **kwargs)
@@ -72,6 +82,12 @@ class BookingForm(NHSFormMixin, forms.Form):
         data = super().clean()
         if data.get("cohort") == self.CHOSEN and not data.get("mailboxes"):
             self.add_error("mailboxes", "Choose at least one mailbox, or book all of them.")
+        if data.get("cohort") == self.ALL and data.get("mailboxes"):
+            self.add_error(
+                "cohort",
+                "You chose all mailboxes but also ticked some: choose “Only the mailboxes I choose” "
+                "to book just those.",
+            )
         return data
 
 

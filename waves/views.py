@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db.models import Count, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -24,6 +25,7 @@ from waves.selectors import (
     waves_with_capacity,
 )
 
+CHOOSABLE = 1000  # mailboxes listed to pick from; larger subsets go through the API
 CENTRAL = Role.CENTRAL_TEAM
 LEAD = Role.IT_LEAD
 WAVE_ACTIONS = {
@@ -80,8 +82,15 @@ def wave_detail(request: HttpRequest, public_id) -> HttpResponse:
         "batches": wave.batches.all(),
         "events": wave.events.order_by("-at", "-id")[:20],
     }
-    template = "waves/detail.html#progress" if request.htmx else "waves/detail.html"
-    return render(request, template, context)
+    if not request.htmx:
+        return render(request, "waves/detail.html", context)
+    if request.GET.get("shown") != wave.status:
+        # The wave moved on (e.g. to done): redraw the whole page, buttons included.
+        return HttpResponse(headers={"HX-Refresh": "true"})
+    response = render(request, "waves/detail.html#progress", context)
+    if wave.status not in WAVE_ACTIVE:
+        response.status_code = 286  # htmx: stop polling
+    return response
 
 
 @require_POST
@@ -130,8 +139,13 @@ def mailbox_action(request: HttpRequest, mailbox_id: int, action: str) -> HttpRe
 @require_GET
 @role_required(CENTRAL)
 def booking_queue(request: HttpRequest) -> HttpResponse:
+    return _render_queue(request)
+
+
+def _render_queue(request: HttpRequest, *, error_for: Booking | None = None, error: str = ""):
     page = Paginator(select_booking_queue(), 50).get_page(request.GET.get("page"))
-    return render(request, "waves/booking_queue.html", {"page_obj": page, "querystring": ""})
+    context = {"page_obj": page, "querystring": "", "error_for": error_for, "error": error}
+    return render(request, "waves/booking_queue.html", context, status=400 if error else 200)
 
 
 @require_POST
@@ -147,16 +161,22 @@ def booking_decide(request: HttpRequest, public_id) -> HttpResponse:
         elif decision == "reject":
             form = RejectForm(request.POST)
             if not form.is_valid():
-                raise TransitionNotAllowed("Give a reason for rejecting the booking.")
+                return _render_queue(
+                    request, error_for=booking, error="Enter a reason for rejecting the booking"
+                )
             services.booking_reject(
                 booking=booking, actor=request.user, reason=form.cleaned_data["reason"]
             )
         else:
             raise TransitionNotAllowed("Choose approve or reject.")
     except TransitionNotAllowed as refusal:
-        messages.error(request, f"{booking}: {refusal}")
+        messages.error(request, f"{booking.organisation.name} in {booking.wave.name}: {refusal}")
     else:
-        messages.success(request, f"{booking}: {booking.get_status_display().lower()}.")
+        messages.success(
+            request,
+            f"{booking.organisation.name} in {booking.wave.name}: "
+            f"{booking.get_status_display().lower()}.",
+        )
     return redirect("waves:booking_queue")
 
 
@@ -225,11 +245,16 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         or (organisations[0].code if organisations else "")
     )
     organisation = organisation_for(request.user, code)
+    bookable_mailboxes = mailboxes_for(request.user).filter(
+        organisation=organisation, status__in=services.BOOKABLE
+    )
+    bookable_count, bookable_bytes = bookable_mailboxes.aggregate(
+        n=Count("pk"), b=Sum("size_bytes")
+    ).values()
     bookable = list(
-        mailboxes_for(request.user)
-        .filter(organisation=organisation, status__in=services.BOOKABLE)
-        .only("address", "display_name", "size_bytes", "recipient_type")
-        .order_by("address")
+        bookable_mailboxes.only("address", "display_name", "size_bytes", "recipient_type").order_by(
+            "address"
+        )[:CHOOSABLE]
     )
     form = BookingForm(
         request.POST or None,
@@ -259,7 +284,9 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         "organisation": organisation,
         "form": form,
         "bookable": bookable,
-        "bookable_bytes": sum(m.size_bytes for m in bookable),
+        "bookable_count": bookable_count,
+        "bookable_bytes": bookable_bytes or 0,
+        "choosable": CHOOSABLE,
         "switch_url": reverse("waves:book", kwargs={"public_id": wave.public_id}),
     }
     return render(request, "waves/book.html", context, status=400 if form.errors else 200)
