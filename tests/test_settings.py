@@ -16,10 +16,15 @@ PRODUCTION = {
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+    # A fresh process, as on a server: nothing from this test run's own environment.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "DJANGO_"))}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
-        cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -36,7 +41,11 @@ def test_production_settings_pass_the_deployment_checklist():
         ("PORTAL_DEBUG", "maybe", "PORTAL_DEBUG: expected true or false, got 'maybe'"),
         ("PORTAL_Q_WORKERS", "lots", "PORTAL_Q_WORKERS: expected a whole number, got 'lots'"),
         ("PORTAL_Q_WORKERS", "0", "PORTAL_Q_WORKERS: must be at least 1, got 0"),
-        ("PORTAL_SIMULATOR_FAILURE_RATE", "1.5", "PORTAL_SIMULATOR_FAILURE_RATE: must be between 0.0 and 1.0"),
+        (
+            "PORTAL_SIMULATOR_FAILURE_RATE",
+            "1.5",
+            "PORTAL_SIMULATOR_FAILURE_RATE: must be between 0.0 and 1.0",
+        ),
         ("PORTAL_MIGRATION_BACKEND", "carrier-pigeon", "PORTAL_MIGRATION_BACKEND: expected one of"),
         ("PORTAL_Q_TIMEOUT", "900", "PORTAL_Q_TIMEOUT: must be below PORTAL_Q_RETRY"),
     ],
