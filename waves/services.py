@@ -161,6 +161,8 @@ def wave_cancel(*, wave: Wave, actor: Actor, reason: str) -> None:
 
 def wave_start(*, wave: Wave, actor: Actor) -> None:
     with transaction.atomic():
+        # Locked first: a booking withdrawn at this moment waits, or is refused after the start.
+        Wave.objects.select_for_update().get(pk=wave.pk)
         if not wave.bookings.filter(status=BookingStatus.APPROVED).exists():
             raise TransitionNotAllowed(f"{wave.name} has no approved bookings to migrate.")
         if wave.bookings.filter(status=BookingStatus.SUBMITTED).exists():

@@ -22,6 +22,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -56,14 +57,11 @@ M = MailboxStatus
 
 def wave_drive(wave_id: int, *, seconds: float, interval: float) -> bool:
     """Advance the wave every `interval` seconds for up to `seconds`; False if another holds it."""
-    now = timezone.now()
+    lease = _lease_until(interval)
     claimed = (
         Wave.objects.filter(pk=wave_id, status__in=WAVE_ACTIVE)
-        .filter(Q(driver_lease_until=None) | Q(driver_lease_until__lt=now))
-        .update(
-            driver_lease_until=now
-            + timedelta(seconds=seconds + settings.WAVE_DRIVE_LEASE_MARGIN_SECONDS)
-        )
+        .filter(Q(driver_lease_until=None) | Q(driver_lease_until__lt=timezone.now()))
+        .update(driver_lease_until=lease)
     )
     if not claimed:
         return False
@@ -74,9 +72,21 @@ def wave_drive(wave_id: int, *, seconds: float, interval: float) -> bool:
             if wave.status not in WAVE_ACTIVE or time.monotonic() + interval > deadline:
                 break
             time.sleep(interval)
+            # Renew before each step; a driver whose lease lapsed (it stalled) stops here.
+            renewed = _lease_until(interval)
+            if not Wave.objects.filter(pk=wave_id, driver_lease_until=lease).update(
+                driver_lease_until=renewed
+            ):
+                break
+            lease = renewed
     finally:
-        Wave.objects.filter(pk=wave_id).update(driver_lease_until=None)
+        Wave.objects.filter(pk=wave_id, driver_lease_until=lease).update(driver_lease_until=None)
     return True
+
+
+def _lease_until(interval: float):
+    margin = settings.WAVE_DRIVE_LEASE_MARGIN_SECONDS
+    return timezone.now() + timedelta(seconds=interval + margin)
 
 
 def waves_needing_a_driver() -> list[int]:
@@ -93,7 +103,7 @@ def wave_advance(wave_id: int, backend: MigrationBackend | None = None) -> Wave:
         return wave
     backend = backend or get_backend()
     wave_plan(wave)
-    if wave.status == WaveStatus.RUNNING:
+    if wave.status in {WaveStatus.RUNNING, WaveStatus.COMPLETING}:
         for batch in wave.batches.filter(status=MigrationBatchStatus.PLANNED):
             _call(batch, batch_submit, batch, backend)
     _match_pause(wave, backend)
@@ -235,7 +245,7 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
                 reported = ""
                 reason = f"Attempt {attempts} of {settings.MAILBOX_MAX_ATTEMPTS} failed, retrying: {user.error}"
             else:
-                reason = f"Failed after {attempts} attempts: {user.error}"
+                reason = f"Failed after {attempts} attempt{pluralize(attempts)}: {user.error}"
         elif target == M.FAILED:
             target = status  # still failed from a retry not yet picked up: nothing new
         if target != status:
@@ -308,6 +318,12 @@ def mailbox_retry(
     if mailbox.status != M.FAILED:
         raise TransitionNotAllowed(f"{mailbox.address} does not need attention.")
     entry = _cohort_entry(mailbox)
+    wave = entry.booking.wave
+    if wave.status not in {WaveStatus.RUNNING, WaveStatus.COMPLETING}:
+        raise TransitionNotAllowed(
+            f"{wave.name} is {wave.get_status_display().lower()}: roll {mailbox.address} back "
+            "and book it into another wave."
+        )
     (backend or get_backend()).start_batch(entry.batch.backend_ref)
     with transaction.atomic():
         CohortMailbox.objects.filter(pk=entry.pk).update(attempts=0, backend_status="")

@@ -16,6 +16,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from mailboxes.models import Mailbox, MailboxEvent, MailboxStatus
+from portal.lib.transitions import TransitionNotAllowed
 from tests.conftest import (
     assert_migration_histories,
     mailbox_histories,
@@ -42,6 +43,7 @@ from waves.models import (
 from waves.services import wave_pause, wave_resume
 from waves.transfers import (
     mailbox_retry,
+    mailbox_roll_back,
     wave_advance,
     wave_drive,
     wave_plan,
@@ -183,6 +185,31 @@ def test_failed_mailboxes_are_retried_then_flagged_as_needing_attention(
     assert set(flagged.values_list("actor_label", flat=True)) == {"Migration worker"}
     assert_migration_histories(ids)
     assert set(wave.bookings.values_list("status", flat=True)) == {BookingStatus.DONE}
+
+
+def test_after_the_wave_is_done_a_failed_mailbox_is_rolled_back_not_retried(
+    approved_wave, carol, simulator, settings
+):
+    settings.MAILBOX_MAX_ATTEMPTS = 1
+    simulator["failure_rate"] = 1.0
+    wave = drive_to_the_end(start_wave_now(approved_wave, carol, cutover_in=-timedelta(minutes=1)))
+    assert wave.status == W.DONE
+    mailbox = Mailbox.objects.filter(pk__in=wave_mailbox_ids(wave)).first()
+    assert (
+        MailboxEvent.objects.filter(mailbox=mailbox)
+        .last()
+        .reason.startswith("Failed after 1 attempt: ")
+    )
+
+    with pytest.raises(TransitionNotAllowed, match="roll .* back and book it into another wave"):
+        mailbox_retry(mailbox=mailbox, actor=carol)
+    mailbox.refresh_from_db()
+    assert mailbox.status == S.FAILED
+
+    mailbox_roll_back(mailbox=mailbox, actor=carol, reason="Move it next week")
+    mailbox.refresh_from_db()
+    assert mailbox.status == S.ROLLED_BACK
+    assert not CohortMailbox.objects.filter(mailbox=mailbox, active=True).exists()
 
 
 def test_some_failures_are_retried_into_success_and_the_rest_need_attention(
@@ -372,14 +399,16 @@ def test_the_schedule_asks_for_a_driver_only_for_active_waves_nobody_drives(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_drivers_at_once_one_drives_and_the_other_returns_false(simulator, carol, settings):
+def test_two_drivers_at_once_one_drives_and_the_other_returns_false(simulator, carol):
     if connection.vendor != "postgresql":
-        pytest.skip("Two drivers in two threads need PostgreSQL; SQLite here is in memory.")
+        pytest.skip(
+            "Two drivers in two threads need PostgreSQL: the SQLite test database may be in "
+            "memory, which threads cannot write to at once."
+        )
     simulator["time_scale"] = 1.0  # a slow clock keeps the wave running while both try
-    lead = carol
-    leeds = make_organisation("RR8", "Leeds Teaching Hospitals", lead=lead, mailboxes=20)
+    leeds = make_organisation("RR8", "Leeds Teaching Hospitals", lead=carol, mailboxes=20)
     wave = start_wave_now(
-        make_approved_wave(carol, [(leeds, lead)]), carol, cutover_in=timedelta(hours=1)
+        make_approved_wave(carol, [(leeds, carol)]), carol, cutover_in=timedelta(hours=1)
     )
     results: list[bool] = []
     holding = threading.Event()
