@@ -11,8 +11,10 @@ if [ ! -x .venv/bin/python ]; then
     || { echo "Python 3.11 or newer is needed (found $("$PYTHON" --version))." >&2; exit 1; }
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# This machine's pip configuration names local mirrors that may be absent: skip those warnings.
+quiet_pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+quiet_pip install --quiet --upgrade pip
+quiet_pip install --quiet -e ".[dev]"
 
 export PORTAL_SECRET_KEY=${PORTAL_SECRET_KEY:-test-only-secret-key}
 export PORTAL_HTTPS=${PORTAL_HTTPS:-false}
