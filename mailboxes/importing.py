@@ -1,0 +1,1101 @@
+"""Bulk import of organisations and mailboxes from the CSV files the central team receives.
+
+    organisations_import(stream, skip_bad_rows=...)   OrganisationCode, Name, Type, Region, ParentCode
+    mailboxes_import(stream, skip_bad_rows=...)       PrimarySmtpAddress, UserPrincipalName,
+        DisplayName, RecipientTypeDetails, TotalItemSizeBytes, ItemCount, OrganisationCode
+
+Header names are matched case-insensitively, in any order; other columns are ignored; a UTF-8
+byte order mark is allowed. The file is read as a stream, one row at a time, and every row is
+checked. An import is atomic: if any row is bad, nothing is written and the report lists every
+bad row (line, column, value, reason), unless `skip_bad_rows`, in which case the good rows are
+imported and the report lists what was skipped. It is idempotent: a row whose mailbox (by
+address) or organisation (by code) exists updates what changed and nothing else; an import
+never deletes, and never changes a mailbox's migration status.
+
+On PostgreSQL the checked mailbox rows are streamed with COPY into a temporary staging table,
+checked there for what needs the whole file or the database (duplicates in the file, a UPN that
+belongs to another mailbox), and merged with one INSERT … ON CONFLICT statement. On SQLite,
+the embedded default, they go in batches through `bulk_create(update_conflicts=True)`.
+
+In the background: `import_run_start` records an `ImportRun` and queues
+`mailboxes.tasks.run_import`, which calls `import_run_execute`.
+"""
+
+import csv
+import logging
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, NamedTuple
+
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections, transaction
+from django.utils import timezone
+
+from mailboxes.models import (
+    ImportKind,
+    ImportRun,
+    ImportStatus,
+    Mailbox,
+    MailboxStatus,
+    Organisation,
+    OrganisationType,
+    RecipientType,
+)
+
+logger = logging.getLogger(__name__)
+
+PROBLEMS_KEPT = 10_000  # kept in memory, in line order; every problem is still counted
+PROBLEMS_SHOWN = 1_000  # printed by the commands and stored on an ImportRun
+PROGRESS_EVERY = 20_000  # rows between progress reports
+SQLITE_CHUNK = 2_000  # rows per bulk_create: below SQLite's limit on query parameters
+TASK_TIMEOUT = 3 * 60 * 60  # seconds; a full national file takes minutes, not hours
+MAX_BIGINT = 2**63 - 1
+VALUE_SHOWN = 100  # characters of a bad value repeated in the report
+
+Progress = Callable[[int], None]
+
+
+class Problem(NamedTuple):
+    """One thing wrong with one row: where, what, and why."""
+
+    line: int
+    column: str
+    value: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return self._asdict()
+
+    def __str__(self) -> str:
+        shown = f'"{self.value}"' if self.value else "(empty)"
+        return f"line {self.line}, {self.column} {shown}: {self.reason}"
+
+
+@dataclass
+class ImportReport:
+    """What an import did, or why it refused the file."""
+
+    kind: str
+    skip_bad_rows: bool = False
+    rows_read: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    bad_rows: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    problem_count: int = 0
+    error: str = ""  # why the whole file was refused (encoding, header, no rows)
+    refused: bool = False
+    seconds: float = 0.0
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"Rows read {self.rows_read:,}: created {self.created:,}, updated {self.updated:,}, "
+            f"unchanged {self.unchanged:,}, skipped {self.skipped:,}; {self.seconds:.1f} s."
+        )
+
+    def text(self, limit: int = PROBLEMS_SHOWN) -> str:
+        """The report for a person: the verdict, each problem (up to `limit`), the counts."""
+        lines = []
+        if self.error:
+            lines.append(f"Refused: {self.error}. Nothing was changed.")
+        elif self.refused:
+            lines.append(
+                f"Refused: {_plural(self.bad_rows, 'bad row')}. Nothing was changed. "
+                "Correct the rows below and import the file again."
+            )
+        elif self.skipped:
+            lines.append(f"Skipped {_plural(self.skipped, 'bad row')}:")
+        lines.extend(f"  {problem}" for problem in self.problems[:limit])
+        hidden = self.problem_count - min(limit, len(self.problems))
+        if hidden > 0:
+            lines.append(f"  … and {_plural(hidden, 'more problem')} not listed.")
+        lines.append(self.summary)
+        return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+class FileRefused(Exception):
+    """The file as a whole cannot be imported: not UTF-8, not CSV, a required column missing."""
+
+
+class _Problems:
+    """The problems found so far: all counted, the first PROBLEMS_KEPT kept, bad lines counted."""
+
+    def __init__(self) -> None:
+        self.kept: list[Problem] = []
+        self.count = 0
+        self.bad_lines = 0
+
+    def add(self, line: int, column: str, value: str, reason: str) -> None:
+        self.count += 1
+        if len(self.kept) < PROBLEMS_KEPT:
+            if len(value) > VALUE_SHOWN:
+                value = value[:VALUE_SHOWN] + "…"
+            self.kept.append(Problem(line, column, value, reason))
+
+    def finish(self, report: ImportReport, more: Iterable[Problem] = (), more_count: int = 0):
+        """Copy into the report, merged in line order with problems found later in SQL."""
+        report.problems = sorted([*self.kept, *more], key=lambda p: p.line)[:PROBLEMS_KEPT]
+        report.problem_count = self.count + more_count
+
+
+# Reading ---------------------------------------------------------------------------------------
+
+
+def _text_lines(stream: Iterable[bytes] | Iterable[str]) -> Iterator[str]:
+    """The stream's lines as text, checking each is UTF-8 so a bad byte is reported by line."""
+    for number, raw in enumerate(stream, 1):
+        if isinstance(raw, str):
+            line = raw
+        else:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise FileRefused(_not_utf8(number, raw, error)) from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        yield line
+
+
+def _not_utf8(number: int, raw: bytes, error: UnicodeDecodeError) -> str:
+    if number == 1 and raw[:2] in {b"\xff\xfe", b"\xfe\xff"}:
+        found = "it looks like UTF-16"
+    else:
+        found = (
+            f"line {number} has the byte 0x{raw[error.start]:02x} (byte {error.start + 1} of the"
+            " line), which is not UTF-8"
+        )
+    return (
+        f"the file is not UTF-8 text: {found}. Save it as UTF-8 "
+        "(in Excel, 'CSV UTF-8') and import it again"
+    )
+
+
+class _Columns(NamedTuple):
+    name: str  # as the report shows it
+    key: str  # in the row dictionary
+    required: bool
+    aliases: tuple[str, ...] = ()
+
+
+class _Rows:
+    """The data rows of a CSV stream, each with the line it starts on.
+
+    The header is read when the object is made; a missing required column, a repeated column or
+    an empty file raises FileRefused, as does a byte that is not UTF-8 or broken quoting later.
+    Rows shorter than the header are padded with empty values; blank lines are passed over.
+    """
+
+    def __init__(self, stream, columns: Iterable[_Columns]) -> None:
+        columns = list(columns)
+        self._reader = csv.reader(_text_lines(stream))
+        try:
+            header = next(self._reader, None)
+        except csv.Error as error:
+            raise FileRefused(f"the file is not CSV: line 1: {error}") from None
+        if not header or not any(cell.strip() for cell in header):
+            raise FileRefused("the file is empty: it has no header row")
+        wanted = {}
+        for column in columns:
+            for name in (column.name, *column.aliases):
+                wanted[_header_key(name)] = column
+        self.index: dict[str, int] = {}
+        self.present: set[str] = set()
+        for position, cell in enumerate(header):
+            column = wanted.get(_header_key(cell))
+            if column is None:
+                continue
+            if column.key in self.index:
+                raise FileRefused(f"the column {column.name} appears more than once in the header")
+            self.index[column.key] = position
+            self.present.add(column.key)
+        missing = [c.name for c in columns if c.required and c.key not in self.index]
+        if missing:
+            found = ", ".join(cell.strip() for cell in header if cell.strip())
+            raise FileRefused(
+                f"required column{'s' if len(missing) > 1 else ''} missing: {', '.join(missing)} "
+                f"(the header has: {found})"
+            )
+        self.width = max(self.index.values()) + 1
+        self.rows_read = 0
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        reader, width = self._reader, self.width
+        line = reader.line_num + 1
+        try:
+            for record in reader:
+                start, line = line, reader.line_num + 1
+                if len(record) < width:
+                    if not record or (len(record) == 1 and not record[0].strip()):
+                        continue
+                    record.extend([""] * (width - len(record)))
+                self.rows_read += 1
+                yield start, record
+        except csv.Error as error:
+            raise FileRefused(f"the file is not CSV: line {reader.line_num}: {error}") from None
+
+
+def _header_key(name: str) -> str:
+    return "".join(name.split()).lower()
+
+
+# The shape of an address: local part, @, dot-separated domain labels and a top-level domain.
+# Possessive quantifiers keep it fast: it runs twice on each of 2 million rows.
+_EMAIL_LOCAL = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
+_EMAIL = re.compile(
+    rf"{_EMAIL_LOCAL}++(?:\.{_EMAIL_LOCAL}++)*+@(?:[a-z0-9-]++\.)++[a-z]{{2,63}}", re.ASCII
+).fullmatch
+_EXCHANGE_SIZE = re.compile(r"\(([\d,]+) bytes\)\s*$").search  # "1.2 GB (1,288,490,189 bytes)"
+
+
+def _email_problem(value: str) -> str | None:
+    if not value:
+        return "is empty"
+    if len(value) > 254:
+        return "is longer than 254 characters"
+    if not _EMAIL(value):
+        return "is not a valid email address"
+    return None
+
+
+def _count(value: str) -> int:
+    """A whole number of bytes or items, or ValueError saying why not."""
+    value = value.strip()
+    if not value:
+        raise ValueError("is empty")
+    if value.isascii() and value.isdigit():
+        number = int(value)
+    elif value[0] == "-" and value[1:].strip().replace(",", "").isdigit():
+        raise ValueError("must not be negative")
+    elif (exchange := _EXCHANGE_SIZE(value)) is not None:
+        number = int(exchange.group(1).replace(",", ""))
+    else:
+        raise ValueError("is not a whole number")
+    if number > MAX_BIGINT:
+        raise ValueError("is too large")
+    return number
+
+
+# Mailboxes -------------------------------------------------------------------------------------
+
+MAILBOX_COLUMNS = (
+    _Columns("PrimarySmtpAddress", "address", True),
+    _Columns("UserPrincipalName", "upn", True),
+    _Columns("DisplayName", "display_name", True),
+    _Columns("RecipientTypeDetails", "recipient_type", True),
+    _Columns("TotalItemSizeBytes", "size_bytes", True, ("TotalItemSize",)),
+    _Columns("ItemCount", "item_count", True),
+    _Columns("OrganisationCode", "organisation", True, ("OrganizationCode",)),
+)
+_COLUMN_NAME = {c.key: c.name for c in MAILBOX_COLUMNS}
+RECIPIENT_TYPES = {value.lower(): value for value in RecipientType.values}
+_DISPLAY_NAME_LENGTH = Mailbox._meta.get_field("display_name").max_length
+
+# The fields an import writes, in staging/row order after the line number.
+_MAILBOX_FIELDS = (
+    "address",
+    "upn",
+    "display_name",
+    "recipient_type",
+    "size_bytes",
+    "item_count",
+    "organisation_id",
+)
+_UPDATED_FIELDS = _MAILBOX_FIELDS[1:]
+
+MailboxRow = tuple[int, str, str, str, str, int, int, int]  # line, then _MAILBOX_FIELDS
+
+
+def mailboxes_import(
+    stream: IO[bytes] | Iterable[bytes] | Iterable[str],
+    *,
+    skip_bad_rows: bool = False,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import an Exchange mailbox export; see the module docstring. Never raises for bad input."""
+    report = ImportReport(kind=ImportKind.MAILBOXES, skip_bad_rows=skip_bad_rows)
+    started = time.monotonic()
+    problems = _Problems()
+    load = _mailboxes_load_postgres if connection.vendor == "postgresql" else _mailboxes_load_orm
+    try:
+        with transaction.atomic():
+            org_ids = {
+                code.upper(): pk for code, pk in Organisation.objects.values_list("code", "pk")
+            }
+            rows = _Rows(stream, MAILBOX_COLUMNS)
+            load(_mailbox_rows(rows, org_ids, problems, progress), report, problems, skip_bad_rows)
+            report.rows_read = rows.rows_read
+            if report.rows_read == 0:
+                raise FileRefused("the file has no data rows, only a header")
+            if report.bad_rows and not skip_bad_rows:
+                report.refused = True
+                report.created = report.updated = report.unchanged = 0
+                transaction.set_rollback(True)
+            else:
+                report.skipped = report.bad_rows
+    except FileRefused as refusal:
+        report.error = str(refusal)
+        report.refused = True
+        report.created = report.updated = report.unchanged = report.skipped = 0
+    report.seconds = time.monotonic() - started
+    if progress and not report.refused:
+        progress(report.rows_read)
+    return report
+
+
+def _mailbox_rows(
+    rows: _Rows, org_ids: dict[str, int], problems: _Problems, progress: Progress | None
+) -> Iterator[MailboxRow]:
+    """Each row that passes the checks one row can make, ready to write; problems recorded."""
+    index = rows.index
+    i_address, i_upn, i_name = index["address"], index["upn"], index["display_name"]
+    i_type, i_size, i_items = index["recipient_type"], index["size_bytes"], index["item_count"]
+    i_org = index["organisation"]
+    types = RECIPIENT_TYPES
+    name_length = _DISPLAY_NAME_LENGTH
+    count = 0
+    for line, record in rows:
+        count += 1
+        if progress is not None and count % PROGRESS_EVERY == 0:
+            progress(count)
+        address = record[i_address].strip().lower()
+        upn = record[i_upn].strip().lower()
+        name = record[i_name].strip()
+        recipient_type = types.get(record[i_type].strip().lower())
+        size = record[i_size]
+        items = record[i_items]
+        org_id = org_ids.get(record[i_org].strip().upper())
+        # The common case in as few steps as possible; any doubt takes the careful path below.
+        if (
+            recipient_type is not None
+            and org_id is not None
+            and size.isdigit()
+            and items.isdigit()
+            and size.isascii()
+            and items.isascii()
+            and len(size) < 19
+            and len(items) < 19
+            and 0 < len(name) <= name_length
+            and "\x00" not in name
+            and len(address) <= 254
+            and len(upn) <= 254
+            and _EMAIL(address)
+            and _EMAIL(upn)
+        ):
+            yield line, address, upn, name, recipient_type, int(size), int(items), org_id
+            continue
+        row = _mailbox_row_checked(line, record, index, org_ids, problems)
+        if row is not None:
+            yield row
+
+
+def _mailbox_row_checked(
+    line: int, record: list[str], index: dict[str, int], org_ids: dict[str, int], problems
+) -> MailboxRow | None:
+    """Every check on one row, each failure recorded; the row if it passes after all."""
+    before = problems.count
+
+    def bad(key: str, reason: str) -> None:
+        problems.add(line, _COLUMN_NAME[key], record[index[key]], reason)
+
+    address = record[index["address"]].strip().lower()
+    if reason := _email_problem(address):
+        bad("address", reason)
+    upn = record[index["upn"]].strip().lower()
+    if reason := _email_problem(upn):
+        bad("upn", reason)
+    name = record[index["display_name"]].strip()
+    if not name:
+        bad("display_name", "is empty")
+    elif len(name) > _DISPLAY_NAME_LENGTH:
+        bad("display_name", f"is longer than {_DISPLAY_NAME_LENGTH} characters")
+    elif "\x00" in name:
+        bad("display_name", "contains a NUL character")
+    recipient_type = RECIPIENT_TYPES.get(record[index["recipient_type"]].strip().lower())
+    if recipient_type is None:
+        bad("recipient_type", f"is not one of {', '.join(RecipientType.values)}")
+    numbers = []
+    for key in ("size_bytes", "item_count"):
+        try:
+            numbers.append(_count(record[index[key]]))
+        except ValueError as error:
+            bad(key, str(error))
+    code = record[index["organisation"]].strip().upper()
+    org_id = org_ids.get(code)
+    if org_id is None:
+        bad("organisation", "is empty" if not code else "is not the code of an organisation")
+    if problems.count > before:
+        problems.bad_lines += 1
+        return None
+    return line, address, upn, name, recipient_type, numbers[0], numbers[1], org_id
+
+
+# PostgreSQL: COPY into staging, check across the file, one merge --------------------------------
+
+_STAGING = "import_mailbox_staging"
+_PROBLEMS = "import_mailbox_problems"
+_SUSPECTS = "import_mailbox_suspects"
+# A merge adding at least this many rows, and at least as many as the table holds, is a bulk
+# load: see _bulk_load_begin.
+BULK_LOAD_MIN_ROWS = 100_000
+BULK_LOAD_LOCK_TIMEOUT = "10s"
+
+
+def _mailboxes_load_postgres(
+    rows: Iterator[MailboxRow], report: ImportReport, problems: _Problems, skip_bad_rows: bool
+) -> None:
+    table = connection.ops.quote_name(Mailbox._meta.db_table)
+    columns = ", ".join(_MAILBOX_FIELDS)
+    phases = _Phases()
+    with connection.cursor() as cursor:
+        # Memory for sorting and hashing millions of staged rows, for this transaction only.
+        cursor.execute("SET LOCAL work_mem = '512MB'")
+        cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        cursor.execute(
+            f"DROP TABLE IF EXISTS pg_temp.{_STAGING}, pg_temp.{_PROBLEMS}, pg_temp.{_SUSPECTS}"
+        )
+        cursor.execute(
+            f"CREATE TEMP TABLE {_STAGING} (line bigint NOT NULL, address text NOT NULL,"
+            " upn text NOT NULL, display_name text NOT NULL, recipient_type text NOT NULL,"
+            " size_bytes bigint NOT NULL, item_count bigint NOT NULL,"
+            " organisation_id bigint NOT NULL) ON COMMIT DROP"
+        )
+        cursor.execute(
+            f"CREATE TEMP TABLE {_PROBLEMS} (line bigint NOT NULL, column_name text NOT NULL,"
+            " value text NOT NULL, reason text NOT NULL) ON COMMIT DROP"
+        )
+        # The file is read, checked and sent in one pass; the server stores while Python parses.
+        with (
+            cursor.connection.cursor() as raw,
+            raw.copy(f"COPY {_STAGING} (line, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(["int8", "text", "text", "text", "text", "int8", "int8", "int8"])
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+        cursor.execute(f"ANALYZE {_STAGING}")
+        phases.done("read, check and copy to staging")
+
+        # Rows after the first with the same address or UPN are bad rows. One pass groups
+        # 64-bit hashes of both (small, quick to hash); only rows whose hash repeats are
+        # compared as text, so a hash collision is never taken for a duplicate.
+        cursor.execute(
+            f"CREATE TEMP TABLE {_SUSPECTS} ON COMMIT DROP AS"  # noqa: S608
+            " WITH repeats AS (SELECT address_hash, upn_hash FROM (SELECT"
+            " hashtextextended(address, 0) AS address_hash, hashtextextended(upn, 0) AS upn_hash"
+            f" FROM {_STAGING}) h GROUP BY GROUPING SETS ((address_hash), (upn_hash))"
+            " HAVING count(*) > 1)"
+            f" SELECT line, address, upn FROM {_STAGING}"
+            " WHERE hashtextextended(address, 0) IN (SELECT address_hash FROM repeats)"
+            " OR hashtextextended(upn, 0) IN (SELECT upn_hash FROM repeats)"
+        )
+        for key in ("address", "upn"):
+            cursor.execute(
+                f"INSERT INTO {_PROBLEMS} SELECT line, %s, {key},"  # noqa: S608
+                " 'appears more than once in the file (first on line ' || first || ')'"
+                f" FROM (SELECT line, {key}, min(line) OVER (PARTITION BY {key}) AS first"
+                f" FROM {_SUSPECTS}) s WHERE line > first",
+                [_COLUMN_NAME[key]],
+            )
+        _staging_drop_bad_rows(cursor, problems)
+        # Rows that would change nothing leave staging now: a re-import of the same file
+        # writes nothing, and the checks and merge below see only new and changed rows.
+        same = " AND ".join(f"m.{name} = s.{name}" for name in _UPDATED_FIELDS)
+        cursor.execute(
+            f"DELETE FROM {_STAGING} s USING {table} m"  # noqa: S608
+            f" WHERE m.address = s.address AND {same}"
+        )
+        report.unchanged = cursor.rowcount
+        cursor.execute(f"ANALYZE {_STAGING}")
+        # A UPN that belongs to another mailbox would break the UPN's unique constraint in the
+        # merge, which matches on address: a bad row too.
+        cursor.execute(
+            f"INSERT INTO {_PROBLEMS} SELECT s.line, %s, s.upn,"  # noqa: S608
+            " 'belongs to another mailbox already in the portal, ' || m.address"
+            f" FROM {_STAGING} s JOIN {table} m ON m.upn = s.upn WHERE m.address <> s.address",
+            [_COLUMN_NAME["upn"]],
+        )
+        _staging_drop_bad_rows(cursor, problems)
+        cursor.execute(f"SELECT count(*) FROM {_PROBLEMS}")  # noqa: S608
+        (more_count,) = cursor.fetchone()
+        cursor.execute(
+            f"SELECT line, column_name, value, reason FROM {_PROBLEMS}"  # noqa: S608
+            " ORDER BY line LIMIT %s",
+            [PROBLEMS_KEPT],
+        )
+        problems.finish(report, [Problem(*row) for row in cursor.fetchall()], more_count)
+        report.bad_rows = problems.bad_lines
+        phases.done("check duplicates, changes and UPNs")
+        if problems.bad_lines and not skip_bad_rows:
+            phases.log(report)
+            return
+
+        cursor.execute(f"SELECT count(*) FROM {_STAGING}")  # noqa: S608
+        (pending,) = cursor.fetchone()
+        bulk = _bulk_load_begin(cursor, table, pending) if pending else None
+        assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in _UPDATED_FIELDS)
+        current = ", ".join(f"m.{name}" for name in _UPDATED_FIELDS)
+        incoming = ", ".join(f"EXCLUDED.{name}" for name in _UPDATED_FIELDS)
+        # One statement: new mailboxes get their first status, as the ORM would give it; existing
+        # ones keep theirs and take the new values only where something differs. In address
+        # order, so the address index grows at its end.
+        cursor.execute(
+            f"WITH merged AS (INSERT INTO {table} AS m ({columns}, status, status_changed_at)"  # noqa: S608
+            f" SELECT {columns}, %s, now() FROM {_STAGING} ORDER BY address"
+            f" ON CONFLICT (address) DO UPDATE SET {assignments}"
+            f" WHERE ({current}) IS DISTINCT FROM ({incoming})"
+            " RETURNING (xmax = 0) AS created)"
+            " SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created)"
+            " FROM merged",
+            [MailboxStatus.NOT_SCHEDULED.value],
+        )
+        report.created, report.updated = cursor.fetchone()
+        # A row changed by someone else since the check above is merged as it is now.
+        report.unchanged += pending - report.created - report.updated
+        phases.done("merge")
+        if bulk is not None:
+            _bulk_load_end(cursor, bulk)
+            phases.done("rebuild indexes and foreign keys")
+        if report.created + report.updated >= BULK_LOAD_MIN_ROWS:
+            cursor.execute(f"ANALYZE {table}")  # fresh statistics for the pages' queries
+            phases.done("analyse")
+        cursor.execute(f"DROP TABLE {_STAGING}, {_PROBLEMS}, {_SUSPECTS}")
+    phases.log(report)
+
+
+class _BulkLoad(NamedTuple):
+    indexes: list[str]  # CREATE INDEX statements
+    constraints: list[str]  # ALTER TABLE … ADD CONSTRAINT statements
+
+
+def _bulk_load_begin(cursor, table: str, pending: int) -> _BulkLoad | None:
+    """Before a merge that fills most of the table: drop what can be rebuilt faster than kept.
+
+    As PostgreSQL's "Populating a Database" advises: building an index over all rows at once
+    is much quicker than updating it row by row, and adding a foreign key checks every row in
+    one query where inserting checks each row alone. Every index and foreign key goes, except
+    the primary key and the unique index on address that the merge's ON CONFLICT needs; unique
+    constraints are checked again when they are added back. All in the import's transaction:
+    a failure restores everything. The table is locked against readers and writers until the
+    import commits, so this is only done when the lock comes within BULK_LOAD_LOCK_TIMEOUT;
+    otherwise the merge runs with the indexes in place.
+    """
+    quote_name = connection.ops.quote_name
+    cursor.execute(
+        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s::regclass", [table]
+    )
+    (present,) = cursor.fetchone()
+    if pending < BULK_LOAD_MIN_ROWS or pending < present:
+        return None
+    cursor.execute("SHOW lock_timeout")
+    (lock_timeout,) = cursor.fetchone()
+    try:
+        with transaction.atomic():
+            cursor.execute("SET LOCAL lock_timeout = %s", [BULK_LOAD_LOCK_TIMEOUT])
+            cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
+            cursor.execute(
+                "SELECT i.indexrelid FROM pg_index i JOIN pg_attribute a"
+                " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+                " WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indnatts = 1"
+                " AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'address'",
+                [table],
+            )
+            (arbiter,) = cursor.fetchone()
+            cursor.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conrelid = %s::regclass"
+                " AND (contype = 'f' OR (contype = 'u' AND conindid <> %s))"
+                " ORDER BY contype DESC, conname",
+                [table, arbiter],
+            )
+            constraints = cursor.fetchall()
+            cursor.execute(
+                "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)"
+                " FROM pg_index i WHERE i.indrelid = %s::regclass AND NOT i.indisprimary"
+                " AND i.indexrelid <> %s AND NOT EXISTS (SELECT FROM pg_constraint c"
+                " WHERE c.conrelid = i.indrelid AND c.conindid = i.indexrelid)",
+                [table, arbiter],
+            )
+            indexes = cursor.fetchall()
+            for name, _ in constraints:
+                cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quote_name(name)}")
+            for name, _ in indexes:
+                cursor.execute(f"DROP INDEX {name}")
+    except OperationalError as error:
+        # Busy (others are reading or writing the table) or not possible in this transaction
+        # (deferred checks pending): the ordinary merge does the same work, only slower.
+        logger.info("Bulk load not possible (%s): merging with indexes in place", error)
+        return None
+    # Unique constraints (contype 'u') sort before foreign keys ('f'): add them back first.
+    return _BulkLoad(
+        indexes=[definition for _, definition in indexes],
+        constraints=[
+            f"ALTER TABLE {table} ADD CONSTRAINT {quote_name(name)} {definition}"
+            for name, definition in constraints
+        ],
+    )
+
+
+def _bulk_load_end(cursor, bulk: _BulkLoad) -> None:
+    for statement in (*bulk.indexes, *bulk.constraints):
+        cursor.execute(statement)
+
+
+class _Phases:
+    """Seconds spent in each phase of an import, logged at the end: where the time goes."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def done(self, phase: str) -> None:
+        now = time.monotonic()
+        self.seconds[phase] = now - self.last
+        self.last = now
+
+    def log(self, report: ImportReport) -> None:
+        logger.info(
+            "Import of %s: %s",
+            report.kind,
+            "; ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.seconds.items()),
+        )
+
+
+def _staging_drop_bad_rows(cursor, problems: _Problems) -> None:
+    cursor.execute(
+        f"DELETE FROM {_STAGING} s USING (SELECT DISTINCT line FROM {_PROBLEMS}) p"  # noqa: S608
+        " WHERE s.line = p.line"
+    )
+    problems.bad_lines += cursor.rowcount
+
+
+# SQLite and other databases: batched bulk_create ----------------------------------------------
+
+
+def _mailboxes_load_orm(
+    rows: Iterator[MailboxRow], report: ImportReport, problems: _Problems, skip_bad_rows: bool
+) -> None:
+    first_line: dict[str, dict[str, int]] = {"address": {}, "upn": {}}
+    chunk: list[MailboxRow] = []
+    for row in rows:
+        line, address, upn = row[0], row[1], row[2]
+        duplicate = False
+        for key, value in (("address", address), ("upn", upn)):
+            first = first_line[key].setdefault(value, line)
+            if first != line:
+                problems.add(
+                    line,
+                    _COLUMN_NAME[key],
+                    value,
+                    f"appears more than once in the file (first on line {first})",
+                )
+                duplicate = True
+        if duplicate:
+            problems.bad_lines += 1
+            continue
+        chunk.append(row)
+        if len(chunk) >= SQLITE_CHUNK:
+            _orm_merge_chunk(chunk, report, problems, skip_bad_rows)
+            chunk = []
+    if chunk:
+        _orm_merge_chunk(chunk, report, problems, skip_bad_rows)
+    problems.finish(report)
+    report.bad_rows = problems.bad_lines
+
+
+def _orm_merge_chunk(
+    chunk: list[MailboxRow], report: ImportReport, problems: _Problems, skip_bad_rows: bool
+) -> None:
+    existing = {
+        values[0]: values[1:]
+        for values in Mailbox.objects.filter(address__in=[row[1] for row in chunk]).values_list(
+            *_MAILBOX_FIELDS
+        )
+    }
+    upn_owner = dict(
+        Mailbox.objects.filter(upn__in=[row[2] for row in chunk]).values_list("upn", "address")
+    )
+    writes = []
+    created = updated = unchanged = 0
+    for line, address, *values in chunk:
+        owner = upn_owner.get(values[0])
+        if owner is not None and owner != address:
+            problems.add(
+                line,
+                _COLUMN_NAME["upn"],
+                values[0],
+                f"belongs to another mailbox already in the portal, {owner}",
+            )
+            problems.bad_lines += 1
+            continue
+        before = existing.get(address)
+        if before is None:
+            created += 1
+        elif tuple(before) != tuple(values):
+            updated += 1
+        else:
+            unchanged += 1
+            continue
+        writes.append(Mailbox(address=address, **dict(zip(_UPDATED_FIELDS, values, strict=True))))
+    report.created += created
+    report.updated += updated
+    report.unchanged += unchanged
+    if writes and (skip_bad_rows or not problems.bad_lines):
+        # status and status_changed_at are not in update_fields: an existing mailbox keeps them.
+        Mailbox.objects.bulk_create(
+            writes,
+            update_conflicts=True,
+            unique_fields=["address"],
+            update_fields=list(_UPDATED_FIELDS),
+        )
+
+
+# Organisations ---------------------------------------------------------------------------------
+
+ORGANISATION_COLUMNS = (
+    _Columns("OrganisationCode", "code", True, ("OrganizationCode", "ODSCode")),
+    _Columns("Name", "name", True),
+    _Columns("Type", "type", True),
+    _Columns("Region", "region", False),
+    _Columns("ParentCode", "parent", False),
+)
+_ORG_COLUMN_NAME = {c.key: c.name for c in ORGANISATION_COLUMNS}
+_ODS_CODE = re.compile(r"[A-Z0-9]+", re.ASCII).fullmatch
+
+
+def _type_key(text: str) -> str:
+    return " ".join(text.replace("_", " ").replace("-", " ").split()).lower()
+
+
+ORGANISATION_TYPES = {
+    **{_type_key(value): value for value in OrganisationType.values},
+    **{_type_key(label): value for value, label in OrganisationType.choices},
+    "icb": OrganisationType.ICB,
+    "nhs trust": OrganisationType.TRUST,
+    "nhs foundation trust": OrganisationType.TRUST,
+}
+_ORG_LENGTHS = {
+    key: Organisation._meta.get_field(key).max_length for key in ("code", "name", "region")
+}
+
+
+@dataclass
+class _OrgRow:
+    line: int
+    code: str
+    name: str
+    type: str
+    region: str
+    parent: str  # a code, or ""
+    record: list[str]
+    index: dict[str, int]
+
+    def bad(self, problems: _Problems, key: str, reason: str) -> None:
+        problems.add(self.line, _ORG_COLUMN_NAME[key], self.record[self.index[key]], reason)
+
+
+def organisations_import(
+    stream: IO[bytes] | Iterable[bytes] | Iterable[str],
+    *,
+    skip_bad_rows: bool = False,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import organisations; see the module docstring.
+
+    A ParentCode may name an organisation earlier or later in the same file, or one already in
+    the portal; an empty one means no parent. Without a Region or ParentCode column, existing
+    organisations keep theirs. The file is small (about 12,000 rows), so it is held in memory.
+    """
+    report = ImportReport(kind=ImportKind.ORGANISATIONS, skip_bad_rows=skip_bad_rows)
+    started = time.monotonic()
+    problems = _Problems()
+    try:
+        with transaction.atomic():
+            rows = _Rows(stream, ORGANISATION_COLUMNS)
+            existing = {
+                code.upper(): (pk, code, name, type_, region, (parent or "").upper())
+                for pk, code, name, type_, region, parent in Organisation.objects.values_list(
+                    "pk", "code", "name", "type", "region", "parent__code"
+                )
+            }
+            good = _organisation_rows(rows, existing, problems, progress)
+            report.rows_read = rows.rows_read
+            if report.rows_read == 0:
+                raise FileRefused("the file has no data rows, only a header")
+            problems.finish(report)
+            report.bad_rows = problems.bad_lines
+            if report.bad_rows and not skip_bad_rows:
+                report.refused = True
+                transaction.set_rollback(True)
+            else:
+                report.skipped = report.bad_rows
+                _organisations_write(good, existing, rows.present, report)
+    except FileRefused as refusal:
+        report.error = str(refusal)
+        report.refused = True
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _organisation_rows(
+    rows: _Rows, existing: dict, problems: _Problems, progress: Progress | None
+) -> list[_OrgRow]:
+    """The rows that pass every check, with parents that resolve and no loops; the rest recorded."""
+    index = rows.index
+    first_line: dict[str, int] = {}
+    good: dict[str, _OrgRow] = {}
+    for line, record in rows:
+        if progress is not None and rows.rows_read % PROGRESS_EVERY == 0:
+            progress(rows.rows_read)
+        row = _OrgRow(
+            line=line,
+            code=record[index["code"]].strip().upper(),
+            name=record[index["name"]].strip(),
+            type=ORGANISATION_TYPES.get(_type_key(record[index["type"]]), ""),
+            region=record[index["region"]].strip() if "region" in index else "",
+            parent=record[index["parent"]].strip().upper() if "parent" in index else "",
+            record=record,
+            index=index,
+        )
+        before = problems.count
+        if not row.code:
+            row.bad(problems, "code", "is empty")
+        elif len(row.code) > _ORG_LENGTHS["code"]:
+            row.bad(problems, "code", f"is longer than {_ORG_LENGTHS['code']} characters")
+        elif not _ODS_CODE(row.code):
+            row.bad(problems, "code", "is not an ODS code (letters and digits only)")
+        elif (first := first_line.setdefault(row.code, line)) != line:
+            row.bad(problems, "code", f"appears more than once in the file (first on line {first})")
+        if not row.name:
+            row.bad(problems, "name", "is empty")
+        elif len(row.name) > _ORG_LENGTHS["name"]:
+            row.bad(problems, "name", f"is longer than {_ORG_LENGTHS['name']} characters")
+        if not row.type:
+            row.bad(problems, "type", "is not one of Trust, GP practice, ICB, Social care, Other")
+        if len(row.region) > _ORG_LENGTHS["region"]:
+            row.bad(problems, "region", f"is longer than {_ORG_LENGTHS['region']} characters")
+        if row.parent and row.parent == row.code:
+            row.bad(problems, "parent", "is the organisation's own code")
+        if problems.count > before:
+            problems.bad_lines += 1
+        else:
+            good[row.code] = row
+
+    # A parent must be a good row of the file or already in the portal, and no chain of parents
+    # may loop. Dropping a bad row can strand rows naming it, so repeat until nothing changes.
+    while True:
+        dropped = []
+        for row in good.values():
+            if row.parent and row.parent not in good and row.parent not in existing:
+                reason = (
+                    "names an organisation whose row is bad"
+                    if row.parent in first_line
+                    else "is not the code of an organisation in the file or the portal"
+                )
+                row.bad(problems, "parent", reason)
+                dropped.append(row)
+        if not dropped:
+            for row in _organisations_in_loops(good, existing):
+                row.bad(
+                    problems, "parent", "makes a loop: the organisation would be its own ancestor"
+                )
+                dropped.append(row)
+        if not dropped:
+            break
+        for row in dropped:
+            problems.bad_lines += 1
+            del good[row.code]
+    return sorted(good.values(), key=lambda row: row.line)
+
+
+def _organisations_in_loops(good: dict[str, _OrgRow], existing: dict) -> list[_OrgRow]:
+    def parent_of(code: str) -> str:
+        if code in good:
+            return good[code].parent
+        return existing[code][5] if code in existing else ""
+
+    looped = []
+    for code, row in good.items():
+        seen = {code}
+        ancestor = parent_of(code)
+        while ancestor and ancestor not in seen:
+            seen.add(ancestor)
+            ancestor = parent_of(ancestor)
+        if ancestor == code:
+            looped.append(row)
+    return looped
+
+
+def _organisations_write(
+    rows: list[_OrgRow], existing: dict, present: set[str], report: ImportReport
+) -> None:
+    has_region, has_parent = "region" in present, "parent" in present
+    writes = []
+    for row in rows:
+        before = existing.get(row.code)
+        if before is None:
+            report.created += 1
+            writes.append(
+                Organisation(code=row.code, name=row.name, type=row.type, region=row.region)
+            )
+            continue
+        pk, code, name, type_, region, parent = before
+        fields_changed = (name, type_) != (row.name, row.type) or (
+            has_region and region != row.region
+        )
+        if fields_changed:
+            region = row.region if has_region else region
+            writes.append(Organisation(code=code, name=row.name, type=row.type, region=region))
+        if fields_changed or (has_parent and parent != row.parent):
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    Organisation.objects.bulk_create(
+        writes,
+        update_conflicts=True,
+        unique_fields=["code"],
+        update_fields=["name", "type", *(["region"] if has_region else [])],
+        batch_size=SQLITE_CHUNK // 4,
+    )
+    if not has_parent:
+        return
+    # Parents last, when every organisation of the file has an id to point at.
+    ids = {code.upper(): pk for code, pk in Organisation.objects.values_list("code", "pk")}
+    # Grouped by new parent: a few UPDATEs (one per parent), where bulk_update would build a
+    # CASE expression per row.
+    by_parent: dict[int | None, list[int]] = defaultdict(list)
+    for row in rows:
+        if row.parent != (existing[row.code][5] if row.code in existing else ""):
+            by_parent[ids[row.parent] if row.parent else None].append(ids[row.code])
+    for parent_id, pks in by_parent.items():
+        for start in range(0, len(pks), SQLITE_CHUNK):
+            Organisation.objects.filter(pk__in=pks[start : start + SQLITE_CHUNK]).update(
+                parent_id=parent_id
+            )
+
+
+# In the background ------------------------------------------------------------------------------
+
+IMPORTERS: dict[str, Callable[..., ImportReport]] = {
+    ImportKind.ORGANISATIONS: organisations_import,
+    ImportKind.MAILBOXES: mailboxes_import,
+}
+
+
+def import_run_start(*, kind: str, path: str, skip_bad_rows: bool, created_by) -> ImportRun:
+    """Record an import of the file at `path` and queue it for a worker once this commits.
+
+    The file must stay at `path`, readable by the worker, until the run has finished.
+    """
+    from django_q.tasks import async_task
+
+    if kind not in IMPORTERS:
+        raise ValueError(f"unknown import kind: {kind!r}")
+    run = ImportRun.objects.create(
+        kind=kind, path=str(path), skip_bad_rows=skip_bad_rows, created_by=created_by
+    )
+    transaction.on_commit(
+        lambda: async_task(
+            "mailboxes.tasks.run_import",
+            run.pk,
+            task_name=f"import-{run.pk}",
+            timeout=TASK_TIMEOUT,
+        )
+    )
+    return run
+
+
+def import_run_execute(import_run_id: int) -> str:
+    """Run a queued import once: claim it, import the file, record the report.
+
+    A run that another worker has claimed, or that has finished, is left alone, so a task that
+    is delivered twice imports once. Returns the run's status.
+    """
+    claimed = ImportRun.objects.filter(pk=import_run_id, status=ImportStatus.QUEUED).update(
+        status=ImportStatus.RUNNING, started_at=timezone.now()
+    )
+    run = ImportRun.objects.get(pk=import_run_id)
+    if claimed != 1:
+        logger.info("Import run %s is %s: not run again", run.pk, run.status)
+        return run.status
+    progress = _ProgressWriter(run.pk)
+    try:
+        ImportRun.objects.filter(pk=run.pk).update(rows_total=estimate_rows(run.path))
+        with open(run.path, "rb") as stream:
+            report = IMPORTERS[run.kind](stream, skip_bad_rows=run.skip_bad_rows, progress=progress)
+    except Exception as error:
+        logger.exception("Import run %s failed", run.pk)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        ImportRun.objects.filter(pk=run.pk).update(
+            status=ImportStatus.FAILED,
+            error=f"{type(error).__name__}: {reason}"[:2000],
+            finished_at=timezone.now(),
+        )
+        return ImportStatus.FAILED
+    finally:
+        progress.close()
+    status = ImportStatus.REFUSED if report.refused else ImportStatus.DONE
+    ImportRun.objects.filter(pk=run.pk).update(
+        status=status,
+        rows_read=report.rows_read,
+        created=report.created,
+        updated=report.updated,
+        unchanged=report.unchanged,
+        skipped=report.skipped,
+        bad_rows=report.bad_rows,
+        problem_count=report.problem_count,
+        problems=[problem.as_dict() for problem in report.problems[:PROBLEMS_SHOWN]],
+        error=report.error,
+        finished_at=timezone.now(),
+    )
+    return status
+
+
+def estimate_rows(path: str) -> int:
+    """The number of data rows, counted as lines less the header: quick, and close enough."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    if last != b"\n":
+        lines += 1
+    return max(0, lines - 1)
+
+
+class _ProgressWriter:
+    """Writes rows_read to the run as the import goes, on a connection of its own.
+
+    The import holds its rows in one transaction until the end; progress written inside it would
+    be invisible to the page polling it. PostgreSQL takes a second connection; on SQLite the
+    import holds the only write lock, so progress is written when the run ends.
+    """
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.connection = None
+        if connection.vendor == "postgresql":
+            self.connection = connections.create_connection(DEFAULT_DB_ALIAS)
+
+    def __call__(self, rows_read: int) -> None:
+        if self.connection is None:
+            return
+        table = self.connection.ops.quote_name(ImportRun._meta.db_table)
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET rows_read = %s WHERE id = %s",  # noqa: S608
+                [rows_read, self.run_id],
+            )
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
