@@ -17,7 +17,9 @@ makes at start-up: point PORTAL_EXCHANGE_CA_BUNDLE at `server.ca_file`.
   POST /{tenant}/oauth2/v2.0/token                       client credentials with a secret or a
        certificate (private_key_jwt); refusals carry Entra's error body (AADSTS codes)
   POST /adminapi/beta/{tenant}/InvokeCommand             New-, Get-, Start-, Stop-, Complete-,
-       Remove-MigrationBatch, Get-MigrationUser, Get-MigrationUserStatistics, Remove-MigrationUser
+       Remove-MigrationBatch, Get-MigrationUser, Get-MigrationUserStatistics, Set-MigrationUser
+       (-ApproveSkippedItems only), Remove-MigrationUser, Get-MigrationEndpoint, Get-Recipient
+       (-Identity, or -Filter of -or'ed "EmailAddresses -eq 'smtp:…'" comparisons)
 
 Batches and users live in memory. A started user is Queued for `queue_seconds`, Syncing for
 `sync_seconds`, then Synced; once its batch is completed (Complete-MigrationBatch, or its
@@ -25,6 +27,12 @@ CompleteAfter passes) it is Completing for `completion_seconds`, then Completed.
 stand-in seconds: `time_scale` of them pass each real second. Users listed in `failures` fail
 that many attempts half way; starting the batch again retries them. Stop freezes users as
 Stopped; Start resumes them. `set_user_status` makes a user report any status.
+
+Data consistency: each user's DataConsistencyScore is Perfect, or once synced the grade given
+in `consistency` (address → Perfect, Good, Investigate or Poor). An Investigate or Poor user is
+held as Synced when its batch completes (the status reported while held is made up), until
+Set-MigrationUser -ApproveSkippedItems; then it completes. Recipients: every address is a
+synced MailUser (a UserMailbox once its move completed), except those in `absent_recipients`.
 
 Faults on demand: `page_size` (small pages with @odata.nextLink), `throttle_every` and
 `throttle_next(n)` (429 with Retry-After: `retry_after`), `max_concurrent` (the per-tenant
@@ -40,7 +48,9 @@ import json
 import logging
 import re
 import secrets
+import shlex
 import shutil
+import signal
 import ssl
 import sys
 import tempfile
@@ -51,6 +61,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
@@ -72,6 +83,8 @@ SUMMARY = {  # StatusSummary folds the statuses into five words
     **dict.fromkeys(["Failed", "IncrementalFailed", "CompletionFailed", "Corrupted"], "Failed"),
     **dict.fromkeys(["Stopping", "Stopped", "IncrementalStopped"], "Stopped"),
 }
+CONSISTENCY_GRADES = ("Perfect", "Good", "Investigate", "Poor")
+NEEDS_APPROVAL = {"Investigate", "Poor"}  # completion waits for approval of skipped items
 FAILURE_TEXT = (
     "TransientException: The call to 'https://mail.nhs.net/EWS/mrsproxy.svc' timed out. "
     "Error details: The request channel timed out while waiting for a reply."
@@ -133,6 +146,8 @@ class User:
     size: int
     items: int
     failures: int = 0  # this many attempts fail half way
+    consistency: str = "Perfect"  # the grade once synced
+    approved_at: float | None = None  # Set-MigrationUser -ApproveSkippedItems
     attempt: int = 1
     started: float | None = None  # wall-clock start of this attempt
     stopped_at: float | None = None
@@ -177,6 +192,8 @@ class ExchangeOnlineStandin:
         sync_seconds: float = 600.0,
         completion_seconds: float = 120.0,
         failures: dict[str, int] | None = None,
+        consistency: dict[str, str] | None = None,
+        absent_recipients: list[str] = (),
         page_size: int = 1000,
         throttle_every: int = 0,
         retry_after: float = 1,
@@ -193,6 +210,11 @@ class ExchangeOnlineStandin:
         self.queue_seconds, self.sync_seconds = queue_seconds, sync_seconds
         self.completion_seconds = completion_seconds
         self.failures = {a.lower(): n for a, n in (failures or {}).items()}
+        self.consistency = {a.lower(): grade for a, grade in (consistency or {}).items()}
+        unknown = set(self.consistency.values()) - set(CONSISTENCY_GRADES)
+        if unknown:
+            raise ValueError(f"consistency grades are {', '.join(CONSISTENCY_GRADES)}: {unknown}")
+        self.absent_recipients = {a.lower() for a in absent_recipients}
         self.page_size, self.throttle_every, self.retry_after = (
             page_size,
             throttle_every,
@@ -228,6 +250,12 @@ class ExchangeOnlineStandin:
     def set_user_status(self, address: str, status: str, error: str = "") -> None:
         with self.lock:
             self._user(address)[1].forced = (status, error)
+
+    def set_consistency(self, address: str, grade: str) -> None:
+        """Give a user the grade it reports once synced (Investigate holds it at completion)."""
+        assert grade in CONSISTENCY_GRADES, grade
+        with self.lock:
+            self._user(address)[1].consistency = grade
 
     def cmdlets_called(self, name: str | None = None) -> list[Call]:
         with self.lock:
@@ -466,6 +494,38 @@ class ExchangeOnlineStandin:
         if cmdlet == "Get-MigrationUserStatistics":
             batch, user = self._user(p.get("Identity") or "")
             return [self._statistics_row(batch, user, now)]
+        if cmdlet == "Set-MigrationUser":
+            batch, user = self._user(p.get("Identity") or "")
+            unknown = set(p) - {"Identity", "ApproveSkippedItems", "Confirm"}
+            if unknown:  # PowerShell's wording; that the stand-in takes no more: its own limit
+                raise bad_request(
+                    "System.Management.Automation.ParameterBindingException",
+                    f"A parameter cannot be found that matches parameter name '{min(unknown)}'.",
+                )
+            if p.get("ApproveSkippedItems") is True:
+                user.approved_at = user.approved_at or now
+                log.info("%s approved the skipped items of %s", PREFIX, user.address)
+            return []
+        if cmdlet == "Get-MigrationEndpoint":
+            if p.get("Identity") not in (None, self.source_endpoint):
+                raise not_found(str(p["Identity"]))
+            return [
+                {  # property names from PowerShell's output; the values: made up
+                    "Identity": self.source_endpoint,
+                    "EndpointType": "ExchangeRemoteMove",
+                    "RemoteServer": "mail.nhs.net",
+                    "MaxConcurrentMigrations": 100,
+                    "MaxConcurrentIncrementalSyncs": 20,
+                }
+            ]
+        if cmdlet == "Get-Recipient":
+            if p.get("Identity"):
+                row = self._recipient_row(str(p["Identity"]), now)
+                if row is None:
+                    raise not_found(str(p["Identity"]))
+                return [row]
+            rows = [self._recipient_row(a, now) for a in _filter_addresses(p.get("Filter"))]
+            return [row for row in rows if row][: int(p.get("ResultSize") or 1000)]
         if cmdlet == "Remove-MigrationUser":
             batch, user = self._user(p.get("Identity") or "")
             del batch.users[user.address.lower()]
@@ -519,7 +579,11 @@ class ExchangeOnlineStandin:
         for address in rows[1:]:
             size = (zlib.crc32(address.lower().encode()) % 400 + 50) * 1024**2
             users[address.lower()] = User(
-                address, size, size // (75 * 1024), self.failures.get(address.lower(), 0)
+                address,
+                size,
+                size // (75 * 1024),
+                self.failures.get(address.lower(), 0),
+                self.consistency.get(address.lower(), "Perfect"),
             )
         self.batches[name] = Batch(
             name,
@@ -567,9 +631,19 @@ class ExchangeOnlineStandin:
         if complete is None:
             return "Synced", 1.0, ""
         synced_at = begin + (self.queue_seconds + self.sync_seconds) / self.time_scale
-        if now < max(complete, synced_at) + self.completion_seconds / self.time_scale:
+        completion_starts = max(complete, synced_at)
+        if user.consistency in NEEDS_APPROVAL:
+            if user.approved_at is None:
+                return "Synced", 1.0, ""  # held for approval; the status reported: made up
+            completion_starts = max(completion_starts, user.approved_at)
+        if now < completion_starts + self.completion_seconds / self.time_scale:
             return "Completing", 1.0, ""
         return "Completed", 1.0, ""
+
+    def _grade(self, user: User, copied: float) -> str:
+        """Perfect until synced, then the user's own grade (when Exchange grades: made up); a
+        user made to report a status (`set_user_status`) reports its own grade with it."""
+        return user.consistency if copied >= 1.0 or user.forced else "Perfect"
 
     def _batch(self, name) -> Batch:
         if name not in self.batches:
@@ -620,9 +694,15 @@ class ExchangeOnlineStandin:
             "Status": status,
             "StatusSummary": SUMMARY.get(status, "Active"),
             "SyncedItemCount": int(user.items * copied),
-            "SkippedItemCount": 0,
+            "SkippedItemCount": self._skipped(user, copied),
+            "DataConsistencyScore": self._grade(user, copied),
             "ErrorSummary": error.split(". ")[0].rstrip(".") + "." if error else "",  # made up
         }
+
+    def _skipped(self, user: User, copied: float) -> int:
+        """A few skipped items for a user graded below Good (numbers made up)."""
+        grade = self._grade(user, copied)
+        return {"Good": 1, "Investigate": 12, "Poor": 480}.get(grade, 0)
 
     def _statistics_row(self, batch: Batch, user: User, now: float) -> dict:
         status, copied, error = self._state(batch, user, now)
@@ -635,12 +715,47 @@ class ExchangeOnlineStandin:
             "SyncedItemCount": int(user.items * copied),
             "TotalItemsInSourceMailboxCount": user.items,
             "PercentageComplete": int(copied * 100),
+            "SkippedItemCount": self._skipped(user, copied),
+            "DataConsistencyScore": self._grade(user, copied),
             "Error": error,
+        }
+
+    def _recipient_row(self, address: str, now: float) -> dict | None:
+        """Get-Recipient's row for an address (property names from PowerShell's output)."""
+        if address.lower() in self.absent_recipients:
+            return None
+        kind = "MailUser"
+        for batch in self.batches.values():
+            user = batch.users.get(address.lower())
+            if user and self._state(batch, user, now)[0] in {"Completed", "CompletedWithWarnings"}:
+                kind = "UserMailbox"
+        return {
+            "Identity": address.split("@")[0],
+            "Name": address.split("@")[0],
+            "PrimarySmtpAddress": address,
+            "RecipientType": kind,
+            "RecipientTypeDetails": kind,
+            "EmailAddresses": [f"SMTP:{address}"],
         }
 
 
 class _Forbidden(Exception):
     """An unknown cmdlet: Exchange answers 403 with an empty body (guide)."""
+
+
+def _filter_addresses(opath) -> list[str]:
+    """The addresses of a filter such as "(EmailAddresses -eq 'smtp:a') -or (...)"; nothing else
+    is understood (the error for anything else: made up)."""
+    text = str(opath or "")
+    clause = r"\(?\s*EmailAddresses\s+-eq\s+'((?:[^']|'')*)'\s*\)?"
+    if not re.fullmatch(rf"\s*{clause}(\s+-or\s+{clause})*\s*", text, re.IGNORECASE):
+        raise bad_request(
+            "Microsoft.Exchange.Management.Tasks.ThrowTerminatingErrorException",
+            f"The stand-in can't read the filter {text!r}: it reads only EmailAddresses -eq "
+            "comparisons joined by -or.",
+        )
+    values = [v.replace("''", "'") for v in re.findall(clause, text, re.IGNORECASE)]
+    return [v.split(":", 1)[1] if v.lower().startswith("smtp:") else v for v in values]
 
 
 def _when(value) -> float | None:
@@ -776,6 +891,29 @@ class StandinServer(ThreadingHTTPServer):
             **overrides,
         }
 
+    def portal_environment(self) -> dict[str, str]:
+        """The environment variables that point a portal (web server or worker) at the stand-in.
+
+        Exactly those the portal needs: the backend, the tenant's identity as the stand-in makes
+        it up, and the three that lead to the stand-in rather than to Microsoft (authority, base
+        URL, CA bundle).
+        """
+        settings = self.portal_settings()
+        names = [
+            "tenant_id",
+            "client_id",
+            "client_secret",
+            "organization",
+            "source_endpoint",
+            "target_delivery_domain",
+            "authority",
+            "base_url",
+            "ca_bundle",
+        ]
+        return {"PORTAL_MIGRATION_BACKEND": "exchange_online"} | {
+            f"PORTAL_EXCHANGE_{name.upper()}": str(settings[name]) for name in names
+        }
+
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
@@ -906,6 +1044,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-concurrent", type=int, default=0)
     parser.add_argument("--max-batches", type=int, default=100)
     parser.add_argument("--client-secret", default=CLIENT_SECRET)
+    parser.add_argument(
+        "--investigate",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="grade this user's move Investigate, so it waits for approval (repeatable)",
+    )
+    parser.add_argument(
+        "--env-file", help="also write the portal's settings to this file, for `set -a; . FILE`"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     url, server = start_standin(
@@ -917,24 +1065,20 @@ def main(argv: list[str] | None = None) -> None:
         max_concurrent=args.max_concurrent,
         max_batches=args.max_batches,
         client_secret=args.client_secret,
+        consistency=dict.fromkeys(args.investigate, "Investigate"),
     )
-    settings = server.portal_settings()
+    lines = [f"{name}={shlex.quote(value)}" for name, value in server.portal_environment().items()]
     print(f"{PREFIX} running at {url}. Point the portal at it with:\n")
-    print("PORTAL_MIGRATION_BACKEND=exchange_online")
-    for key in [
-        "tenant_id",
-        "client_id",
-        "client_secret",
-        "authority",
-        "base_url",
-        "organization",
-        "source_endpoint",
-        "target_delivery_domain",
-        "ca_bundle",
-    ]:
-        print(f"PORTAL_EXCHANGE_{key.upper()}={settings[key]}")
-    print(f"\n{PREFIX} the portal will anchor calls to {_anchor(settings['organization'])}")
+    print("\n".join(lines))
+    if args.env_file:
+        path = Path(args.env_file)
+        path.touch(mode=0o600)  # it holds the stand-in's client secret
+        path.write_text("\n".join(lines) + "\n")
+        print(f"\n{PREFIX} the same settings are in {path}: set -a; . {shlex.quote(str(path))}")
+    print(f"\n{PREFIX} the portal will anchor calls to {_anchor(server.standin.organization)}")
     sys.stdout.flush()
+    # SIGTERM as Ctrl-C: stop cleanly, so that the throwaway CA's folder is removed at exit.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

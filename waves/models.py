@@ -188,6 +188,26 @@ class MigrationBatch(models.Model):
         return self.name
 
 
+class DataConsistency(models.TextChoices):
+    """Exchange Online's data consistency grade of a move (DataConsistencyScore)."""
+
+    PERFECT = "Perfect", "Perfect"
+    GOOD = "Good", "Good"
+    INVESTIGATE = "Investigate", "Investigate"
+    POOR = "Poor", "Poor"
+
+
+# Grades whose skipped items must be approved before the move completes (Microsoft: approval is
+# required for Investigate and Poor; Poor also calls for Microsoft support).
+CONSISTENCY_NEEDS_APPROVAL = {DataConsistency.INVESTIGATE, DataConsistency.POOR}
+CONSISTENCY_COLOURS = {
+    DataConsistency.PERFECT: "green",
+    DataConsistency.GOOD: "green",
+    DataConsistency.INVESTIGATE: "yellow",
+    DataConsistency.POOR: "red",
+}
+
+
 class CohortMailbox(models.Model):
     """A mailbox in a booking's cohort, with its progress through the backend."""
 
@@ -204,6 +224,14 @@ class CohortMailbox(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.CharField(max_length=1000, blank=True)
     last_activity_at = models.DateTimeField(null=True, blank=True)
+    consistency = models.CharField(
+        "data consistency", max_length=20, choices=DataConsistency.choices, blank=True
+    )
+    # Investigate or Poor: the move waits for the central team to approve its skipped items.
+    skipped_items_approved_at = models.DateTimeField(null=True, blank=True)
+    skipped_items_approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         constraints = [
@@ -280,6 +308,7 @@ class SimulatedUser(models.Model):
     attempt_started_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
     removed = models.BooleanField(default=False)
+    skipped_items_approved_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

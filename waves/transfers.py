@@ -9,7 +9,8 @@ One call of `wave_advance` does every step that is due, and each step is idempot
   poll     read each batch's users, map their statuses to ours, apply changes in bulk, retry
            failures up to MAILBOX_MAX_ATTEMPTS, then flag them as needing attention;
   cutover  at the wave's cutover time, complete every batch;
-  finish   when nothing is in flight, mark bookings and the wave done.
+  finish   when nothing is in flight and no mailbox waits for approval of its skipped items
+           (data consistency Investigate or Poor), mark bookings and the wave done.
 `wave_drive` holds a lease on the wave so that one worker drives it at a time.
 """
 
@@ -17,11 +18,13 @@ import heapq
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.text import slugify
@@ -32,6 +35,7 @@ from portal.lib.bulk import update_rows
 from portal.lib.transitions import Actor, TransitionNotAllowed
 from waves.backends import BackendError, MigrationBackend, get_backend, portal_status
 from waves.models import (
+    CONSISTENCY_NEEDS_APPROVAL,
     WAVE_ACTIVE,
     BookingStatus,
     CohortMailbox,
@@ -50,9 +54,11 @@ PROGRESS_FIELDS = [
     "last_error",
     "attempts",
     "last_activity_at",
+    "consistency",
 ]
 WORKER = "Migration worker"
 M = MailboxStatus
+K = TypeVar("K")
 
 
 def wave_drive(wave_id: int, *, seconds: float, interval: float) -> bool:
@@ -130,34 +136,82 @@ def _call(batch: MigrationBatch, step, *args) -> None:
         MigrationBatch.objects.filter(pk=batch.pk).update(last_error=str(error)[:1000])
 
 
+def pack_cohorts(cohorts: Sequence[tuple[K, int]], max_batches: int) -> list[list[K]]:
+    """Pack (key, mailbox count) cohorts, each whole, into at most `max_batches` slices.
+
+    Largest cohort first into the emptiest slice keeps slices within a cohort of each other.
+    Pure: the plan of a wave, and the batch CSV of a wave not yet started, both come from it.
+    """
+    ordered = sorted(cohorts, key=lambda cohort: -cohort[1])  # stable: ties keep their order
+    slices: list[list[K]] = [[] for _ in range(min(max_batches, len(ordered)))]
+    load = [(0, i) for i in range(len(slices))]
+    for key, size in ordered:
+        total, i = heapq.heappop(load)
+        slices[i].append(key)
+        heapq.heappush(load, (total + size, i))
+    return slices
+
+
+def batch_name(wave: Wave, index: int) -> str:
+    """The name of the wave's `index`-th batch (from 0): the same every time it is worked out."""
+    return f"w{wave.pk}-{slugify(wave.name)[:40]}-{index + 1:03d}"
+
+
+def _approved_cohorts(wave: Wave):
+    return wave.bookings.filter(status=BookingStatus.APPROVED).order_by("-mailbox_count", "pk")
+
+
 def wave_plan(wave: Wave) -> None:
     """Pack approved cohorts into batches, each cohort whole (shared mailboxes move with it)."""
     with transaction.atomic():
         wave = Wave.objects.select_for_update().get(pk=wave.pk)
         if wave.batches.exists():
             return
-        bookings = list(
-            wave.bookings.filter(status=BookingStatus.APPROVED).order_by("-mailbox_count", "pk")
-        )
+        bookings = list(_approved_cohorts(wave).values_list("pk", "mailbox_count"))
         if not bookings:
             return
-        slices = min(settings.WAVE_MAX_BATCHES, len(bookings))
-        prefix = f"w{wave.pk}-{slugify(wave.name)[:40]}"
+        slices = pack_cohorts(bookings, settings.WAVE_MAX_BATCHES)
         batches = MigrationBatch.objects.bulk_create(
-            [MigrationBatch(wave=wave, name=f"{prefix}-{i + 1:03d}") for i in range(slices)]
+            [MigrationBatch(wave=wave, name=batch_name(wave, i)) for i in range(len(slices))]
         )
-        # Largest cohort first into the emptiest batch keeps batches within a cohort of each other.
-        load = [(0, i) for i in range(slices)]
-        for booking in bookings:
-            size, i = heapq.heappop(load)
-            CohortMailbox.objects.filter(booking=booking, active=True).update(batch=batches[i])
-            heapq.heappush(load, (size + booking.mailbox_count, i))
+        for batch, booking_ids in zip(batches, slices, strict=True):
+            CohortMailbox.objects.filter(booking__in=booking_ids, active=True).update(batch=batch)
         bookings_transition(
-            booking_ids=[b.pk for b in bookings],
+            booking_ids=[pk for pk, _ in bookings],
             to=BookingStatus.IN_PROGRESS,
             actor=WORKER,
             reason=f"{wave.name} started",
         )
+
+
+def _unplanned_slices(wave: Wave) -> list[list[int]]:
+    """Booking ids of each batch a wave not yet planned would have if it started now."""
+    cohorts = list(_approved_cohorts(wave).values_list("pk", "mailbox_count"))
+    return pack_cohorts(cohorts, settings.WAVE_MAX_BATCHES)
+
+
+def wave_batch_names(wave: Wave) -> list[str]:
+    """The names of the wave's batches: as planned, or as they would be if it started now."""
+    if wave.batches.exists():
+        return list(wave.batches.order_by("name").values_list("name", flat=True))
+    return [batch_name(wave, i) for i in range(len(_unplanned_slices(wave)))]
+
+
+def wave_batch_assignments(wave: Wave) -> Iterator[tuple[str, str]]:
+    """(address, batch name) of each mailbox of the wave, batch by batch, as planned or sent.
+
+    A wave not yet planned is planned here without writing anything, as `wave_plan` would.
+    """
+    entries = CohortMailbox.objects.filter(active=True).order_by("mailbox__address")
+    if wave.batches.exists():
+        rows = entries.filter(batch__wave=wave).order_by("batch__name", "mailbox__address")
+        yield from rows.values_list("mailbox__address", "batch__name").iterator(chunk_size=5000)
+        return
+    for i, booking_ids in enumerate(_unplanned_slices(wave)):
+        name = batch_name(wave, i)
+        rows = entries.filter(booking__in=booking_ids).values_list("mailbox__address", flat=True)
+        for address in rows.iterator(chunk_size=5000):
+            yield address, name
 
 
 def batch_submit(batch: MigrationBatch, backend: MigrationBackend) -> None:
@@ -222,6 +276,7 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
             "bytes_transferred",
             "items_transferred",
             "last_error",
+            "consistency",
         )
     }
     moves: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -232,7 +287,7 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
         row = members.get(user.address.lower())
         if row is None:
             continue
-        _, cohort_id, mailbox_id, status, attempts, seen, bytes_done, items_done, error = row
+        _, cohort_id, mailbox_id, status, attempts, seen, bytes_done, items_done, error, score = row
         target = portal_status(user.status)
         reported = user.status
         reason = f"Migration service reports {user.status}"
@@ -250,9 +305,15 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
             target = status  # still failed from a retry not yet picked up: nothing new
         if target != status:
             moves[(target, reason)].append(mailbox_id)
-        new = (reported, user.bytes_transferred, user.items_transferred, user.error[:1000])
-        if new != (seen, bytes_done, items_done, error) or row[4] != attempts:
-            changed.append((cohort_id, *new[:3], new[3] or error, attempts, now))
+        new = (
+            reported,
+            user.bytes_transferred,
+            user.items_transferred,
+            user.error[:1000],
+            user.consistency,
+        )
+        if new != (seen, bytes_done, items_done, error, score) or row[4] != attempts:
+            changed.append((cohort_id, *new[:3], new[3] or error, attempts, now, new[4]))
     with transaction.atomic():
         for (target, reason), ids in moves.items():
             mailboxes_transition(mailbox_ids=ids, to=target, actor=WORKER, reason=reason)
@@ -269,6 +330,26 @@ def batch_complete(batch: MigrationBatch, backend: MigrationBackend) -> None:
     )
 
 
+def wave_awaiting_approval(wave: Wave) -> QuerySet[CohortMailbox]:
+    """The wave's mailboxes held before completion until their skipped items are approved.
+
+    Exchange grades each move's data consistency; an Investigate or Poor move does not complete
+    until its skipped items are approved. The wave is not settled while any such mailbox waits
+    (even one reported failed: an approval may let it go on).
+    """
+    return (
+        CohortMailbox.objects.filter(
+            booking__wave=wave,
+            active=True,
+            consistency__in=CONSISTENCY_NEEDS_APPROVAL,
+            skipped_items_approved_at=None,
+        )
+        .exclude(mailbox__status=M.COMPLETED)
+        .select_related("mailbox", "booking__organisation")
+        .order_by("mailbox__address")
+    )
+
+
 def wave_finish_if_settled(wave: Wave) -> bool:
     with transaction.atomic():
         unsettled = CohortMailbox.objects.filter(
@@ -276,7 +357,7 @@ def wave_finish_if_settled(wave: Wave) -> bool:
             active=True,
             mailbox__status__in=MAILBOX_IN_FLIGHT | {M.SCHEDULED},
         ).exists()
-        if unsettled:
+        if unsettled or wave_awaiting_approval(wave).exists():
             return False
         outcome = dict(
             CohortMailbox.objects.filter(booking__wave=wave, active=True)
@@ -334,6 +415,25 @@ def mailbox_retry(
             reason="Retried by the central team",
             expected_from={M.FAILED},
         )
+
+
+def mailbox_approve_skipped_items(
+    *, mailbox: Mailbox, actor: Actor, backend: MigrationBackend | None = None
+) -> None:
+    """The central team approves the items a held mailbox's move skipped; completion goes on."""
+    entry = _cohort_entry(mailbox)
+    if (
+        entry.consistency not in CONSISTENCY_NEEDS_APPROVAL
+        or entry.skipped_items_approved_at is not None
+        or mailbox.status == M.COMPLETED
+    ):
+        raise TransitionNotAllowed(f"{mailbox.address} has no skipped items waiting for approval.")
+    (backend or get_backend()).approve_skipped_items(entry.batch.backend_ref, mailbox.address)
+    CohortMailbox.objects.filter(pk=entry.pk, skipped_items_approved_at=None).update(
+        skipped_items_approved_at=timezone.now(),
+        skipped_items_approved_by=None if isinstance(actor, str) else actor,
+    )
+    log.info("%s: skipped items approved (data consistency %s)", mailbox.address, entry.consistency)
 
 
 def mailbox_roll_back(

@@ -7,6 +7,14 @@ urlpatterns = [
     path("", views.wave_list, name="list"),
     path("new/", views.wave_create, name="create"),
     path("<uuid:public_id>/", views.wave_detail, name="detail"),
+    # Before the wave actions: "preflight" would otherwise be taken for one.
+    path("<uuid:public_id>/preflight/", views.wave_preflight, name="preflight"),
+    path("<uuid:public_id>/batches.csv", views.wave_batches_csv, name="batches_csv"),
+    path(
+        "<uuid:public_id>/mailboxes/<int:mailbox_id>/approve-skipped-items/",
+        views.wave_approve_skipped_items,
+        name="approve_skipped_items",
+    ),
     path("<uuid:public_id>/<slug:action>/", views.wave_action, name="action"),
     path("mailboxes/<int:mailbox_id>/<slug:action>/", views.mailbox_action, name="mailbox_action"),
     path("bookings/", views.booking_queue, name="booking_queue"),

@@ -1,19 +1,23 @@
+import csv
+import itertools
+
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Sum
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from mailboxes.models import MAILBOX_STATUS_COLOURS, MailboxStatus
 from mailboxes.selectors import mailboxes_for, organisation_for, organisations_for
 from portal.auth import Role, role_of, role_required
 from portal.lib.transitions import TransitionNotAllowed
-from waves import services, transfers
+from waves import preflight, services, transfers
 from waves.backends import BackendError
 from waves.forms import BookingForm, ReasonForm, RejectForm, WaveForm
-from waves.models import WAVE_ACTIVE, Booking, BookingStatus, Wave, WaveStatus
+from waves.models import WAVE_ACTIVE, Booking, BookingStatus, CohortMailbox, Wave, WaveStatus
 from waves.selectors import (
     booking_queue as select_booking_queue,
 )
@@ -44,6 +48,9 @@ ACTIONS_BY_STATUS = {
     WaveStatus.RUNNING: ["pause"],
     WaveStatus.PAUSED: ["resume"],
 }
+# The pre-flight check is offered before a wave starts.
+PREFLIGHT_STATUSES = {WaveStatus.PLANNED, WaveStatus.OPEN, WaveStatus.CLOSED}
+HELD_LISTED = 50  # mailboxes waiting for approval of skipped items listed on the wave page
 
 
 @require_GET
@@ -68,20 +75,29 @@ def wave_create(request: HttpRequest) -> HttpResponse:
     return render(request, "waves/create.html", {"form": form}, status=400 if form.errors else 200)
 
 
-@require_GET
-@role_required(CENTRAL)
-def wave_detail(request: HttpRequest, public_id) -> HttpResponse:
-    wave = get_object_or_404(waves_with_capacity(), public_id=public_id)
-    context = {
+def _wave_detail_context(wave: Wave) -> dict:
+    held = transfers.wave_awaiting_approval(wave)
+    held_shown = list(held[:HELD_LISTED])
+    return {
         "wave": wave,
         "progress": wave_progress(wave),
         "failures": wave_failures(wave),
+        "held": held_shown,
+        "held_count": held.count() if len(held_shown) == HELD_LISTED else len(held_shown),
         "active": wave.status in WAVE_ACTIVE,
         "actions": ACTIONS_BY_STATUS.get(wave.status, []),
+        "can_preflight": wave.status in PREFLIGHT_STATUSES,
         "bookings": wave.bookings.select_related("organisation").order_by("organisation__name"),
         "batches": wave.batches.all(),
         "events": wave.events.order_by("-at", "-id")[:20],
     }
+
+
+@require_GET
+@role_required(CENTRAL)
+def wave_detail(request: HttpRequest, public_id) -> HttpResponse:
+    wave = get_object_or_404(waves_with_capacity(), public_id=public_id)
+    context = _wave_detail_context(wave)
     if not request.htmx:
         return render(request, "waves/detail.html", context)
     if request.GET.get("shown") != wave.status:
@@ -91,6 +107,66 @@ def wave_detail(request: HttpRequest, public_id) -> HttpResponse:
     if wave.status not in WAVE_ACTIVE:
         response.status_code = 286  # htmx: stop polling
     return response
+
+
+@require_POST
+@role_required(CENTRAL)
+def wave_preflight(request: HttpRequest, public_id) -> HttpResponse:
+    """Run the pre-flight check now and show it on the wave page (nothing is stored)."""
+    wave = get_object_or_404(waves_with_capacity(), public_id=public_id)
+    if wave.status not in PREFLIGHT_STATUSES:
+        messages.error(request, f"{wave.name} has started: the pre-flight check is for before.")
+        return redirect("waves:detail", public_id=wave.public_id)
+    context = _wave_detail_context(wave) | {"preflight": preflight.wave_preflight(wave)}
+    return render(request, "waves/detail.html", context)
+
+
+class _Echo:
+    """A file-like object whose write returns the line, for streaming csv.writer's output."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+@require_GET
+@role_required(CENTRAL)
+def wave_batches_csv(request: HttpRequest, public_id) -> StreamingHttpResponse:
+    """Each mailbox of the wave and the batch it falls into, planned now if not yet planned.
+
+    For teams that run New-MigrationBatch themselves: one batch's CSV is its rows' EmailAddress
+    column (the BatchName column is the portal's, not Exchange's).
+    """
+    wave = get_object_or_404(Wave, public_id=public_id)
+    writer = csv.writer(_Echo(), lineterminator="\r\n")
+    rows = itertools.chain([("EmailAddress", "BatchName")], transfers.wave_batch_assignments(wave))
+    response = StreamingHttpResponse(
+        (writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8"
+    )
+    filename = f"{slugify(wave.name) or 'wave'}-batches.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@require_POST
+@role_required(CENTRAL)
+def wave_approve_skipped_items(request: HttpRequest, public_id, mailbox_id: int) -> HttpResponse:
+    """Approve a held mailbox's skipped items (Exchange: Set-MigrationUser -ApproveSkippedItems)."""
+    wave = get_object_or_404(Wave, public_id=public_id)
+    entry = get_object_or_404(
+        CohortMailbox.objects.select_related("mailbox"),
+        booking__wave=wave,
+        mailbox_id=mailbox_id,
+        active=True,
+    )
+    try:
+        transfers.mailbox_approve_skipped_items(mailbox=entry.mailbox, actor=request.user)
+    except (TransitionNotAllowed, BackendError) as refusal:
+        messages.error(request, str(refusal))
+    else:
+        messages.success(
+            request, f"{entry.mailbox.address}: skipped items approved; its move can complete."
+        )
+    return redirect("waves:detail", public_id=wave.public_id)
 
 
 @require_POST

@@ -14,6 +14,9 @@ from django.conf import settings
 
 from mailboxes.models import MailboxStatus
 
+# Exchange Online holds at most this many migration batches in a tenant, whatever their state.
+TENANT_MAX_BATCHES = 100
+
 
 @dataclass(frozen=True)
 class UserProgress:
@@ -22,6 +25,7 @@ class UserProgress:
     bytes_transferred: int = 0
     items_transferred: int = 0
     error: str = ""
+    consistency: str = ""  # a DataConsistency value (Exchange's word), or "" if none given
 
 
 class BackendError(Exception):
@@ -44,6 +48,25 @@ class MigrationBackend(Protocol):
     def remove_user(self, batch_ref: str, address: str) -> None: ...
 
     def user_statuses(self, batch_ref: str) -> Iterable[UserProgress]: ...
+
+    def approve_skipped_items(self, batch_ref: str, address: str) -> None:
+        """Approve the items the user's move skipped, so that its completion can go ahead."""
+
+    # Pre-flight: what the portal can learn before a wave starts. Each returns (or raises, as
+    # BackendError) something fit for an operator.
+
+    def check_sign_in(self) -> str:
+        """Sign in to the service now; say how."""
+
+    def check_endpoint(self) -> str:
+        """Ask the service about the migration endpoint batches are created on; describe it."""
+
+    def batch_names(self) -> list[str]:
+        """Every migration batch the tenant holds now, whoever made it."""
+
+    def find_recipients(self, addresses: list[str]) -> dict[str, str]:
+        """The recipient type (e.g. "MailUser") at the target of each address found, by address
+        in lower case; addresses not found are left out. Callers keep the list short (≤ 100)."""
 
 
 M = MailboxStatus

@@ -114,6 +114,35 @@ class SimulatorBackend:
         if not self._batch(batch_ref).users.filter(address=address).update(removed=True):
             raise BackendError(f"{address} is not in the migration batch {batch_ref!r}.")
 
+    def approve_skipped_items(self, batch_ref: str, address: str) -> None:
+        """Recorded only: the simulator grades every move Perfect, so nothing waits on it."""
+        users = self._batch(batch_ref).users.filter(address=address, removed=False)
+        if not users.update(skipped_items_approved_at=timezone.now()):
+            raise BackendError(f"{address} is not in the migration batch {batch_ref!r}.")
+
+    def check_sign_in(self) -> str:
+        return "The simulator needs no sign-in."
+
+    def check_endpoint(self) -> str:
+        return (
+            f"The simulator stands in for the migration endpoint (seed {self.seed}, "
+            f"{self.time_scale:g} simulated seconds a second)."
+        )
+
+    def batch_names(self) -> list[str]:
+        return list(SimulatedBatch.objects.order_by("name").values_list("name", flat=True))
+
+    def find_recipients(self, addresses: list[str]) -> dict[str, str]:
+        """Every address is a mail user waiting to move, until its move completes."""
+        now = timezone.now()
+        wanted = {a.lower() for a in addresses}
+        found = dict.fromkeys(wanted, "MailUser")
+        users = SimulatedUser.objects.filter(removed=False).select_related("batch")
+        for user in users.filter(address__in=addresses).exclude(attempt_started_at=None):
+            if self._state(user.batch, user, now)[0] == "Completed":
+                found[user.address.lower()] = "UserMailbox"
+        return found
+
     def user_statuses(self, batch_ref: str) -> Iterable[UserProgress]:
         now = timezone.now()
         batch = self._batch(batch_ref)
