@@ -160,7 +160,8 @@ def then_the_heading_is(page: Page, text: str) -> None:
 
 
 def then_the_url_has(page: Page, pattern: str) -> None:
-    expect(page).to_have_url(re.compile(pattern))
+    # A redirect after signing in can take more than the default 5 s on a loaded CI machine.
+    expect(page).to_have_url(re.compile(pattern), timeout=20_000)
 
 
 def then_a_success_banner_says(page: Page, text: str) -> None:

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import pytest
 from django.apps import apps
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from django_q.models import Schedule, Task
@@ -82,7 +83,7 @@ class Cluster:
     def __init__(self, log_path: Path, **env: str):
         self.log_path = log_path
         self.env = os.environ | {
-            "PORTAL_SECRET_KEY": "test",
+            "PORTAL_SECRET_KEY": settings.SECRET_KEY,  # tasks are signed with it
             "PORTAL_HTTPS": "false",
             "PORTAL_DEBUG": "false",
             "DATABASE_URL": database_url(),
