@@ -7,9 +7,14 @@ from waves import transfers
 
 
 def drive_wave(wave_id: int) -> bool:
-    return transfers.wave_drive(
+    drove = transfers.wave_drive(
         wave_id, seconds=settings.WAVE_DRIVE_SECONDS, interval=settings.WAVE_POLL_SECONDS
     )
+    if drove and transfers.wave_is_active(wave_id):
+        # Hand over to the next task at once rather than leave the wave unpolled until the
+        # minute's schedule; the lease still lets only one of them drive.
+        async_task("waves.tasks.drive_wave", wave_id, task_name=f"drive-wave-{wave_id}")
+    return drove
 
 
 def drive_active_waves() -> int:

@@ -95,6 +95,10 @@ def _lease_until(interval: float):
     return timezone.now() + timedelta(seconds=interval + margin)
 
 
+def wave_is_active(wave_id: int) -> bool:
+    return Wave.objects.filter(pk=wave_id, status__in=WAVE_ACTIVE).exists()
+
+
 def waves_needing_a_driver() -> list[int]:
     return list(
         Wave.objects.filter(status__in=WAVE_ACTIVE)

@@ -385,6 +385,31 @@ def test_a_lease_left_by_a_dead_driver_lapses_and_another_takes_over(approved_wa
     assert waves_needing_a_driver() == []
 
 
+def test_a_driver_whose_time_is_up_hands_the_wave_to_the_next_task_at_once(
+    approved_wave, carol, settings
+):
+    settings.WAVE_DRIVE_SECONDS = 0.3
+    settings.WAVE_POLL_SECONDS = 0.1
+    wave = start_wave_now(approved_wave, carol, cutover_in=timedelta(hours=1))
+
+    assert tasks.drive_wave(wave.pk) is True
+
+    wave.refresh_from_db()
+    assert (wave.status, wave.driver_lease_until) == (W.RUNNING, None)
+    queued = [(task.func(), task.args()) for task in OrmQ.objects.all()]
+    assert queued == [("waves.tasks.drive_wave", (wave.pk,))]
+
+
+def test_a_driver_that_finishes_the_wave_queues_no_other(approved_wave, carol):
+    wave = start_wave_now(approved_wave, carol, cutover_in=-timedelta(minutes=1))
+
+    assert tasks.drive_wave(wave.pk) is True
+
+    wave.refresh_from_db()
+    assert wave.status == W.DONE
+    assert not OrmQ.objects.exists()
+
+
 def test_the_schedule_asks_for_a_driver_only_for_active_waves_nobody_drives(
     approved_wave, carol, django_capture_on_commit_callbacks
 ):
