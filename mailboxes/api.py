@@ -1,4 +1,4 @@
-"""JSON API for organisations and mailboxes: reads only, always through the user's scope.
+"""JSON API for organisations and mailboxes: reads through the user's scope, and bulk imports.
 
 A mailbox's detail, with its migration, is served by `support.api`: it needs `waves`, which
 this app must not import.
@@ -6,14 +6,31 @@ this app must not import.
 
 from django.db import models
 from django.db.models import Q, QuerySet
+from django.urls import reverse
 from django_filters import rest_framework as filters
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import build_choice_description_list
-from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, viewsets
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.exceptions import APIException
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
 
+from mailboxes.importing import (
+    MAX_UPLOAD_BYTES,
+    UPLOAD_OVERHEAD_BYTES,
+    UPLOAD_TOO_LARGE,
+    import_file_name,
+    import_run_start,
+    upload_problem,
+    upload_save,
+)
 from mailboxes.models import (
+    ImportKind,
+    ImportRun,
+    ImportStatus,
     Mailbox,
     MailboxStatus,
     Organisation,
@@ -163,3 +180,146 @@ class MailboxViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     def get_queryset(self) -> QuerySet[Mailbox]:
         return mailboxes_for(self.request.user).select_related("organisation").order_by("address")
+
+
+# Imports ---------------------------------------------------------------------------------------
+
+
+class ImportProblemSerializer(serializers.Serializer):
+    line = serializers.IntegerField(help_text="The line of the file the row starts on.")
+    column = serializers.CharField(help_text="The column, as the file format names it.")
+    value = serializers.CharField(allow_blank=True, help_text="The value, cut at 100 characters.")
+    reason = serializers.CharField(help_text="What is wrong with it.")
+
+
+class ImportRunSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField(help_text="This import in the API.")
+    page = serializers.SerializerMethodField(help_text="This import's page in the portal.")
+    kind = ChoicesField(ImportKind, read_only=True)
+    status = ChoicesField(ImportStatus, read_only=True)
+    file_name = serializers.SerializerMethodField()
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    percent_done = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        help_text="Rows read as a percentage of the estimated total; 100 when finished.",
+    )
+    problems = ImportProblemSerializer(
+        many=True,
+        read_only=True,
+        help_text="The first 1,000 problems in line order; problem_count counts them all.",
+    )
+
+    class Meta:
+        model = ImportRun
+        fields = [
+            "id",
+            "url",
+            "page",
+            "kind",
+            "file_name",
+            "skip_bad_rows",
+            "status",
+            "rows_total",
+            "rows_read",
+            "percent_done",
+            "created",
+            "updated",
+            "unchanged",
+            "skipped",
+            "bad_rows",
+            "problem_count",
+            "problems",
+            "error",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, run: ImportRun) -> str:
+        return self._absolute(reverse("api:import-detail", args=[run.pk]))
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_page(self, run: ImportRun) -> str:
+        return self._absolute(reverse("mailboxes:import_detail", args=[run.pk]))
+
+    def get_file_name(self, run: ImportRun) -> str:
+        return import_file_name(run)
+
+    def _absolute(self, path: str) -> str:
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request else path
+
+
+class ImportUploadSerializer(serializers.Serializer):
+    kind = ChoicesField(ImportKind, help_text="What the file holds.")
+    file = serializers.FileField(
+        help_text="The CSV file, UTF-8, smaller than 1 GB; its format is in the README.",
+        error_messages={"empty": "The selected file is empty"},
+    )
+    skip_bad_rows = serializers.BooleanField(
+        default=False,
+        help_text="Import the good rows and report the bad ones, instead of refusing the file.",
+    )
+
+    def validate_file(self, uploaded):
+        problem = upload_problem(uploaded)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return uploaded
+
+
+class UploadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = UPLOAD_TOO_LARGE
+    default_code = "too_large"
+
+
+@extend_schema_view(
+    create=extend_schema(
+        summary="Upload a CSV file of organisations or mailboxes and start importing it",
+        description=(
+            "The file is checked at once as far as that can be done (present, not empty, smaller"
+            " than 1 GB, a CSV); its rows are checked by the import, which runs in the"
+            " background. Follow `url` for its progress and, when it has finished, its report."
+        ),
+        request={"multipart/form-data": ImportUploadSerializer},
+        responses={202: ImportRunSerializer},
+    ),
+    retrieve=extend_schema(summary="An import's progress and, once it has finished, its report"),
+)
+class ImportRunViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Bulk imports of organisations and mailboxes: central team only."""
+
+    permission_classes = [IsAuthenticated, HasRole]
+    allowed_roles = (Role.CENTRAL_TEAM,)
+    parser_classes = [MultiPartParser, FormParser]
+    queryset = ImportRun.objects.select_related("created_by")
+    filter_backends: list = []
+
+    def get_serializer_class(self):
+        return ImportUploadSerializer if self.action == "create" else ImportRunSerializer
+
+    def initial(self, request, *args, **kwargs):
+        # Before the body is read (sign-in reads it, for the CSRF token): a file too large is
+        # refused without spooling it to disk first.
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        too_large = MAX_UPLOAD_BYTES + UPLOAD_OVERHEAD_BYTES
+        if request.method == "POST" and declared.isdigit() and int(declared) > too_large:
+            raise UploadTooLarge()
+        super().initial(request, *args, **kwargs)
+
+    def create(self, request, *args, **kwargs):
+        upload = self.get_serializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        run = import_run_start(
+            kind=upload.validated_data["kind"],
+            path=str(upload_save(upload.validated_data["file"])),
+            skip_bad_rows=upload.validated_data["skip_bad_rows"],
+            created_by=request.user,
+        )
+        body = ImportRunSerializer(run, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})

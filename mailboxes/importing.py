@@ -12,26 +12,43 @@ imported and the report lists what was skipped. It is idempotent: a row whose ma
 address) or organisation (by code) exists updates what changed and nothing else; an import
 never deletes, and never changes a mailbox's migration status.
 
-On PostgreSQL the checked mailbox rows are streamed with COPY into a temporary staging table,
-checked there for what needs the whole file or the database (duplicates in the file, a UPN that
-belongs to another mailbox), and merged with one INSERT … ON CONFLICT statement. On SQLite,
-the embedded default, they go in batches through `bulk_create(update_conflicts=True)`.
+On PostgreSQL the checked mailbox rows are streamed with COPY into a staging table, checked
+there for what needs the whole file or the database (duplicates in the file, a UPN that belongs
+to another mailbox), and merged with one INSERT … ON CONFLICT statement; a bulk load (the first
+national load) drops the table's indexes and builds them again after, and when the table is
+empty copies the rows straight into it. On SQLite, the embedded default, they go in batches
+through `bulk_create(update_conflicts=True)`.
 
-In the background: `import_run_start` records an `ImportRun` and queues
-`mailboxes.tasks.run_import`, which calls `import_run_execute`.
+In the background: the pages and the API save an upload (`upload_save`), then
+`import_run_start` records an `ImportRun` and queues `mailboxes.tasks.run_import`, which calls
+`import_run_execute`.
 """
 
 import csv
+import io
 import logging
 import re
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
 from typing import IO, NamedTuple
 
-from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections, transaction
+from django.conf import settings
+from django.core.files.move import file_move_safe
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.utils import timezone
+from django.utils.text import get_valid_filename
 
 from mailboxes.models import (
     ImportKind,
@@ -179,6 +196,13 @@ def _not_utf8(number: int, raw: bytes, error: UnicodeDecodeError) -> str:
     )
 
 
+def _seekable(stream) -> bool:
+    try:
+        return isinstance(stream, io.IOBase) and stream.seekable()
+    except (OSError, ValueError):
+        return False
+
+
 class _Columns(NamedTuple):
     name: str  # as the report shows it
     key: str  # in the row dictionary
@@ -192,15 +216,35 @@ class _Rows:
     The header is read when the object is made; a missing required column, a repeated column or
     an empty file raises FileRefused, as does a byte that is not UTF-8 or broken quoting later.
     Rows shorter than the header are padded with empty values; blank lines are passed over.
+
+    A binary file is decoded by an `io.TextIOWrapper` (in C, a block at a time); only when it
+    meets a byte that is not UTF-8 is the file read again line by line, to say which line. Call
+    `close()` when done: it lets go of the file without closing it.
     """
 
     def __init__(self, stream, columns: Iterable[_Columns]) -> None:
-        columns = list(columns)
-        self._reader = csv.reader(_text_lines(stream))
+        self._text: io.TextIOWrapper | None = None
         try:
-            header = next(self._reader, None)
+            self._read_header(stream, list(columns))
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self, stream, columns: list[_Columns]) -> None:
+        self._stream = stream
+        self._start = stream.tell() if _seekable(stream) else None
+        if isinstance(stream, io.BufferedIOBase):
+            # newline="\n": lines end at \n only, as when a binary file is read line by line.
+            self._text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="\n")
+            self.reader = csv.reader(self._text)
+        else:
+            self.reader = csv.reader(_text_lines(stream))
+        try:
+            header = next(self.reader, None)
         except csv.Error as error:
             raise FileRefused(f"the file is not CSV: line 1: {error}") from None
+        except UnicodeDecodeError as error:
+            raise self.not_utf8(error) from None
         if not header or not any(cell.strip() for cell in header):
             raise FileRefused("the file is empty: it has no header row")
         wanted = {}
@@ -228,7 +272,7 @@ class _Rows:
         self.rows_read = 0
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
-        reader, width = self._reader, self.width
+        reader, width = self.reader, self.width
         line = reader.line_num + 1
         try:
             for record in reader:
@@ -241,6 +285,29 @@ class _Rows:
                 yield start, record
         except csv.Error as error:
             raise FileRefused(f"the file is not CSV: line {reader.line_num}: {error}") from None
+        except UnicodeDecodeError as error:
+            raise self.not_utf8(error) from None
+
+    def not_utf8(self, error: UnicodeDecodeError) -> FileRefused:
+        """The refusal for a byte that is not UTF-8: the file is read again to find its line."""
+        if self._start is not None:
+            self.close()
+            self._stream.seek(self._start)
+            for number, raw in enumerate(self._stream, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as line_error:
+                    return FileRefused(_not_utf8(number, raw, line_error))
+        return FileRefused(
+            f"the file is not UTF-8 text: {error.reason} at byte {error.start + 1} of a block."
+            " Save it as UTF-8 (in Excel, 'CSV UTF-8') and import it again"
+        )
+
+    def close(self) -> None:
+        """Let go of the stream, which stays open for its owner (a wrapper would close it)."""
+        if self._text is not None:
+            text, self._text = self._text, None
+            text.detach()
 
 
 def _header_key(name: str) -> str:
@@ -310,6 +377,8 @@ _MAILBOX_FIELDS = (
     "organisation_id",
 )
 _UPDATED_FIELDS = _MAILBOX_FIELDS[1:]
+# The cells a row is read from, in the same order.
+_CELL_KEYS = (*_MAILBOX_FIELDS[:-1], "organisation")
 
 MailboxRow = tuple[int, str, str, str, str, int, int, int]  # line, then _MAILBOX_FIELDS
 
@@ -323,16 +392,13 @@ def mailboxes_import(
     """Import an Exchange mailbox export; see the module docstring. Never raises for bad input."""
     report = ImportReport(kind=ImportKind.MAILBOXES, skip_bad_rows=skip_bad_rows)
     started = time.monotonic()
-    problems = _Problems()
     load = _mailboxes_load_postgres if connection.vendor == "postgresql" else _mailboxes_load_orm
     try:
         with transaction.atomic():
             org_ids = {
                 code.upper(): pk for code, pk in Organisation.objects.values_list("code", "pk")
             }
-            rows = _Rows(stream, MAILBOX_COLUMNS)
-            load(_mailbox_rows(rows, org_ids, problems, progress), report, problems, skip_bad_rows)
-            report.rows_read = rows.rows_read
+            load(stream, org_ids, report, skip_bad_rows, progress)
             if report.rows_read == 0:
                 raise FileRefused("the file has no data rows, only a header")
             if report.bad_rows and not skip_bad_rows:
@@ -352,49 +418,89 @@ def mailboxes_import(
 
 
 def _mailbox_rows(
-    rows: _Rows, org_ids: dict[str, int], problems: _Problems, progress: Progress | None
-) -> Iterator[MailboxRow]:
-    """Each row that passes the checks one row can make, ready to write; problems recorded."""
-    index = rows.index
-    i_address, i_upn, i_name = index["address"], index["upn"], index["display_name"]
-    i_type, i_size, i_items = index["recipient_type"], index["size_bytes"], index["item_count"]
-    i_org = index["organisation"]
-    types = RECIPIENT_TYPES
-    name_length = _DISPLAY_NAME_LENGTH
+    rows: _Rows,
+    org_ids: dict[str, int],
+    problems: _Problems,
+    progress: Progress | None,
+    *,
+    line_offset: int = 0,
+    stop_at_problem: bool = False,
+) -> Iterator[tuple]:
+    """Each row that passes the checks one row can make, ready to write; problems recorded.
+
+    A row is (line, *_MAILBOX_FIELDS), the line plus `line_offset` if that is given (a direct
+    load makes its ids from the lines: unique, increasing, and free to compute). With
+    `stop_at_problem` reading stops at the first bad row (a direct load then starts again, through
+    staging). `rows.rows_read` is kept.
+
+    This runs once for each of millions of rows, so it does as little as it can: one C call
+    takes the seven cells, spellings of a type or organisation code seen before are looked up
+    as they are, and any doubt takes the careful path of `_mailbox_row_checked`.
+    """
+    reader, width, index = rows.reader, rows.width, rows.index
+    cells = itemgetter(*(index[key] for key in _CELL_KEYS))
+    types: dict[str, str] = {}  # each spelling seen in the file, to its recipient type
+    orgs: dict[str, int] = {}  # each spelling seen in the file, to its organisation's id
+    email, name_length = _EMAIL, _DISPLAY_NAME_LENGTH
+    every = PROGRESS_EVERY if progress is not None else 0
+    next_report = every or -1
     count = 0
-    for line, record in rows:
-        count += 1
-        if progress is not None and count % PROGRESS_EVERY == 0:
-            progress(count)
-        address = record[i_address].strip().lower()
-        upn = record[i_upn].strip().lower()
-        name = record[i_name].strip()
-        recipient_type = types.get(record[i_type].strip().lower())
-        size = record[i_size]
-        items = record[i_items]
-        org_id = org_ids.get(record[i_org].strip().upper())
-        # The common case in as few steps as possible; any doubt takes the careful path below.
-        if (
-            recipient_type is not None
-            and org_id is not None
-            and size.isdigit()
-            and items.isdigit()
-            and size.isascii()
-            and items.isascii()
-            and len(size) < 19
-            and len(items) < 19
-            and 0 < len(name) <= name_length
-            and "\x00" not in name
-            and len(address) <= 254
-            and len(upn) <= 254
-            and _EMAIL(address)
-            and _EMAIL(upn)
-        ):
-            yield line, address, upn, name, recipient_type, int(size), int(items), org_id
-            continue
-        row = _mailbox_row_checked(line, record, index, org_ids, problems)
-        if row is not None:
-            yield row
+    end = reader.line_num  # the line the last record ended on
+    try:
+        for record in reader:
+            line, end = end + 1, reader.line_num
+            if len(record) < width:
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue
+                record.extend([""] * (width - len(record)))
+            count += 1
+            if count == next_report:
+                progress(count)
+                next_report += every
+            address, upn, name, kind, size, items, code = cells(record)
+            # An address with spaces around it fails the pattern and goes the careful way,
+            # which strips them: so here lower() alone gives what strip().lower() would.
+            address, upn, name = address.lower(), upn.lower(), name.strip()
+            recipient_type = types.get(kind)
+            if recipient_type is None:
+                recipient_type = RECIPIENT_TYPES.get(kind.strip().lower())
+                if recipient_type is not None:
+                    types[kind] = recipient_type
+            org_id = orgs.get(code)
+            if org_id is None:
+                org_id = org_ids.get(code.strip().upper())
+                if org_id is not None:
+                    orgs[code] = org_id
+            if (
+                recipient_type is not None
+                and org_id is not None
+                and size.isdigit()
+                and items.isdigit()
+                and size.isascii()
+                and items.isascii()
+                and len(size) < 19
+                and len(items) < 19
+                and 0 < len(name) <= name_length
+                and "\x00" not in name
+                and len(address) <= 254
+                and len(upn) <= 254
+                and email(address)
+                and email(upn)
+            ):
+                line += line_offset
+                yield line, address, upn, name, recipient_type, int(size), int(items), org_id
+                continue
+            row = _mailbox_row_checked(line, record, index, org_ids, problems)
+            if row is not None:
+                yield (row[0] + line_offset, *row[1:]) if line_offset else row
+            elif stop_at_problem:
+                return
+    except csv.Error as error:
+        raise FileRefused(f"the file is not CSV: line {reader.line_num}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise rows.not_utf8(error) from None
+    finally:
+        rows.rows_read = count
 
 
 def _mailbox_row_checked(
@@ -438,118 +544,322 @@ def _mailbox_row_checked(
     return line, address, upn, name, recipient_type, numbers[0], numbers[1], org_id
 
 
-# PostgreSQL: COPY into staging, check across the file, one merge --------------------------------
+# PostgreSQL: COPY, checks across the file in SQL, one set-based write ---------------------------
 
-_STAGING = "import_mailbox_staging"
-_PROBLEMS = "import_mailbox_problems"
-_SUSPECTS = "import_mailbox_suspects"
-# A merge adding at least this many rows, and at least as many as the table holds, is a bulk
+# Work tables: UNLOGGED, not TEMP (PostgreSQL 15 extends a temporary table a page at a time,
+# which made COPY into one two to three times slower), named for the connection's backend so
+# that imports in parallel do not meet, created inside the import's transaction so that a
+# rollback or a crash takes them away, and dropped before it commits.
+_WORK_TABLES = ("staging", "changes", "problems", "repeats", "suspects")
+# A load adding at least this many rows, and at least as many as the table holds, is a bulk
 # load: see _bulk_load_begin.
 BULK_LOAD_MIN_ROWS = 100_000
 BULK_LOAD_LOCK_TIMEOUT = "10s"
+# Columns a direct load copies (the rest get their defaults), with their COPY types.
+_COPY_TYPES = ("text", "text", "text", "text", "int8", "int8", "int8")
 
 
 def _mailboxes_load_postgres(
-    rows: Iterator[MailboxRow], report: ImportReport, problems: _Problems, skip_bad_rows: bool
+    stream, org_ids: dict[str, int], report: ImportReport, skip_bad_rows: bool, progress
 ) -> None:
+    """Load on PostgreSQL: straight into an empty table when that is possible, else staged.
+
+    The first national load of a large file into an empty table (`_mailboxes_load_direct`)
+    copies the checked rows into the table itself, its indexes dropped and built again after;
+    everything else (`_mailboxes_load_staged`) copies into a staging table, checks across the
+    file there and merges in one statement.
+    """
     table = connection.ops.quote_name(Mailbox._meta.db_table)
-    columns = ", ".join(_MAILBOX_FIELDS)
     phases = _Phases()
     with connection.cursor() as cursor:
-        # Memory for sorting and hashing millions of staged rows, for this transaction only.
+        # Memory for sorting and hashing millions of rows, for this transaction only.
         cursor.execute("SET LOCAL work_mem = '512MB'")
         cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
-        cursor.execute(
-            f"DROP TABLE IF EXISTS pg_temp.{_STAGING}, pg_temp.{_PROBLEMS}, pg_temp.{_SUSPECTS}"
+        busy = False
+        if isinstance(stream, io.BufferedIOBase) and _seekable(stream):
+            start = stream.tell()
+            if _rows_estimate(stream) >= BULK_LOAD_MIN_ROWS:
+                loaded, busy = _mailboxes_load_direct(
+                    cursor, table, stream, org_ids, report, skip_bad_rows, progress, phases
+                )
+                if loaded:
+                    phases.log(report)
+                    return
+                stream.seek(start)
+        work = {
+            name: f"import_mailbox_{name}_{cursor.connection.info.backend_pid}"
+            for name in _WORK_TABLES
+        }
+        _mailboxes_load_staged(
+            cursor,
+            table,
+            work,
+            stream,
+            org_ids,
+            report,
+            skip_bad_rows,
+            progress,
+            phases,
+            bulk_allowed=not busy,
         )
-        cursor.execute(
-            f"CREATE TEMP TABLE {_STAGING} (line bigint NOT NULL, address text NOT NULL,"
-            " upn text NOT NULL, display_name text NOT NULL, recipient_type text NOT NULL,"
-            " size_bytes bigint NOT NULL, item_count bigint NOT NULL,"
-            " organisation_id bigint NOT NULL) ON COMMIT DROP"
-        )
-        cursor.execute(
-            f"CREATE TEMP TABLE {_PROBLEMS} (line bigint NOT NULL, column_name text NOT NULL,"
-            " value text NOT NULL, reason text NOT NULL) ON COMMIT DROP"
-        )
+        if not report.bad_rows or skip_bad_rows:
+            cursor.execute(f"DROP TABLE IF EXISTS {', '.join(work.values())}")
+    phases.log(report)
+
+
+class _NoBulkLoad(Exception):
+    """A bulk load cannot be done now: the table is in use, or it must be empty and is not."""
+
+    def __init__(self, *, busy: bool) -> None:
+        super().__init__()
+        self.busy = busy
+
+
+def _mailboxes_load_direct(
+    cursor, table, stream, org_ids, report, skip_bad_rows, progress, phases
+) -> tuple[bool, bool]:
+    """The first load of a large file into an empty table: COPY straight into the table.
+
+    Its indexes and constraints other than the primary key are dropped first (see
+    _bulk_load_begin) and built again at the end, unique ones first: a unique index that cannot
+    be built is an address or UPN twice in the file. Then, as when the file has a bad row and
+    bad rows are not to be skipped, everything done here is rolled back and the file is read
+    again through staging, which finds and reports every problem. Returns (loaded, busy): busy
+    if the table could not be locked, so the staged load should not try again.
+    """
+    from psycopg.errors import UniqueViolation
+
+    columns = ", ".join(_MAILBOX_FIELDS)
+    problems = _Problems()
+    written = 0
+    try:
+        with transaction.atomic():
+            bulk = _bulk_load_begin(cursor, table, only_if_empty=True)
+            restore = _defaults_for_new_mailboxes(cursor, table)
+            # Ids from the table's sequence, but made here from the line numbers: the table is
+            # locked, so nothing else takes one meanwhile, and the server is spared a nextval
+            # for each row. The sequence is moved past the last one afterwards.
+            cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
+            (sequence,) = cursor.fetchone()
+            if sequence is None:
+                raise _NoBulkLoad(busy=False)
+            cursor.execute("SELECT nextval(%s)", [sequence])
+            (first_id,) = cursor.fetchone()
+            rows = _Rows(stream, MAILBOX_COLUMNS)
+            try:
+                with (
+                    cursor.connection.cursor() as raw,
+                    raw.copy(f"COPY {table} (id, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
+                ):
+                    copy.set_types(("int8", *_COPY_TYPES))
+                    write_row = copy.write_row
+                    for row in _mailbox_rows(
+                        rows,
+                        org_ids,
+                        problems,
+                        progress,
+                        line_offset=first_id - rows.reader.line_num - 1,
+                        stop_at_problem=not skip_bad_rows,
+                    ):
+                        write_row(row)
+                        written += 1
+            finally:
+                rows.close()
+            if problems.count and not skip_bad_rows:
+                raise _NoBulkLoad(busy=False)  # the staged load will report every problem
+            for statement in restore:
+                cursor.execute(statement)
+            cursor.execute(
+                f"SELECT setval(%s, greatest(max(id), %s)) FROM {table}",  # noqa: S608
+                [sequence, first_id],
+            )
+            report.rows_read = rows.rows_read
+            problems.finish(report)
+            report.bad_rows = problems.bad_lines
+            phases.done("read, check and copy into the table")
+            if not report.rows_read:
+                return True, False  # refused by the caller
+            _bulk_load_end(cursor, bulk)
+            phases.done("rebuild indexes and foreign keys")
+    except _NoBulkLoad as no_bulk_load:
+        return False, no_bulk_load.busy
+    except IntegrityError as error:
+        if not isinstance(error.__cause__, UniqueViolation):
+            raise
+        logger.info("Bulk load found a value twice (%s): loading through staging", error)
+        return False, False
+    report.created = written
+    cursor.execute(f"ANALYZE {table}")  # fresh statistics for the pages' queries
+    phases.done("analyse")
+    return True, False
+
+
+def _defaults_for_new_mailboxes(cursor, table: str) -> list[str]:
+    """Let the table fill in what a new mailbox gets, so COPY need not send it for every row.
+
+    For this transaction only: the statements returned put the columns' defaults back.
+    """
+    from psycopg.sql import Literal
+
+    cursor.execute(
+        "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a"
+        " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+        " WHERE a.attrelid = %s::regclass AND a.attname IN ('status', 'status_changed_at')",
+        [table],
+    )
+    before = dict(cursor.fetchall())
+    status = Literal(MailboxStatus.NOT_SCHEDULED.value).as_string(cursor.connection)
+    cursor.execute(
+        f"ALTER TABLE {table} ALTER COLUMN status SET DEFAULT {status},"
+        " ALTER COLUMN status_changed_at SET DEFAULT now()"
+    )
+    undo = ", ".join(
+        f"ALTER COLUMN {name} " + (f"SET DEFAULT {default}" if default else "DROP DEFAULT")
+        for name, default in sorted(before.items())
+    )
+    return [f"ALTER TABLE {table} {undo}"]
+
+
+def _mailboxes_load_staged(
+    cursor, table, work, stream, org_ids, report, skip_bad_rows, progress, phases, *, bulk_allowed
+) -> None:
+    """COPY the checked rows into staging, check across the file in SQL, then merge.
+
+    Only new and changed rows reach the merge: a re-import of the same file writes nothing.
+    """
+    columns = ", ".join(_MAILBOX_FIELDS)
+    staging, changes, problem_table = work["staging"], work["changes"], work["problems"]
+    problems = _Problems()
+    cursor.execute(f"DROP TABLE IF EXISTS {', '.join(work.values())}")
+    cursor.execute(
+        f"CREATE UNLOGGED TABLE {staging} (line bigint NOT NULL, address text NOT NULL,"
+        " upn text NOT NULL, display_name text NOT NULL, recipient_type text NOT NULL,"
+        " size_bytes bigint NOT NULL, item_count bigint NOT NULL,"
+        " organisation_id bigint NOT NULL)"
+    )
+    cursor.execute(
+        f"CREATE UNLOGGED TABLE {problem_table} (line bigint NOT NULL,"
+        " column_name text NOT NULL, value text NOT NULL, reason text NOT NULL)"
+    )
+    staged = 0
+    rows = _Rows(stream, MAILBOX_COLUMNS)
+    try:
         # The file is read, checked and sent in one pass; the server stores while Python parses.
         with (
             cursor.connection.cursor() as raw,
-            raw.copy(f"COPY {_STAGING} (line, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
+            raw.copy(f"COPY {staging} (line, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
         ):
-            copy.set_types(["int8", "text", "text", "text", "text", "int8", "int8", "int8"])
+            copy.set_types(("int8", *_COPY_TYPES))
             write_row = copy.write_row
-            for row in rows:
+            for row in _mailbox_rows(rows, org_ids, problems, progress):
                 write_row(row)
-        cursor.execute(f"ANALYZE {_STAGING}")
-        phases.done("read, check and copy to staging")
+                staged += 1
+    finally:
+        rows.close()
+    report.rows_read = rows.rows_read
+    cursor.execute(f"ANALYZE {staging}")
+    phases.done("read, check and copy to staging")
 
-        # Rows after the first with the same address or UPN are bad rows. One pass groups
-        # 64-bit hashes of both (small, quick to hash); only rows whose hash repeats are
-        # compared as text, so a hash collision is never taken for a duplicate.
+    # Rows after the first with the same address or UPN are bad rows. 64-bit hashes of both,
+    # sorted (quicker than hashing again), find the values that repeat; only rows with one of
+    # those hashes are compared as text, so a hash collision is never taken for a duplicate.
+    cursor.execute("SELECT set_config('enable_hashagg', 'off', true)")
+    cursor.execute(
+        f"CREATE UNLOGGED TABLE {work['repeats']} AS"  # noqa: S608
+        f" SELECT 'address' AS key, h FROM (SELECT hashtextextended(address, 0) AS h"
+        f" FROM {staging}) a GROUP BY h HAVING count(*) > 1"
+        f" UNION ALL SELECT 'upn', h FROM (SELECT hashtextextended(upn, 0) AS h"
+        f" FROM {staging}) u GROUP BY h HAVING count(*) > 1"
+    )
+    repeats = cursor.rowcount
+    cursor.execute("SELECT set_config('enable_hashagg', 'on', true)")
+    if repeats:
+        suspects = work["suspects"]
         cursor.execute(
-            f"CREATE TEMP TABLE {_SUSPECTS} ON COMMIT DROP AS"  # noqa: S608
-            " WITH repeats AS (SELECT address_hash, upn_hash FROM (SELECT"
-            " hashtextextended(address, 0) AS address_hash, hashtextextended(upn, 0) AS upn_hash"
-            f" FROM {_STAGING}) h GROUP BY GROUPING SETS ((address_hash), (upn_hash))"
-            " HAVING count(*) > 1)"
-            f" SELECT line, address, upn FROM {_STAGING}"
-            " WHERE hashtextextended(address, 0) IN (SELECT address_hash FROM repeats)"
-            " OR hashtextextended(upn, 0) IN (SELECT upn_hash FROM repeats)"
+            f"CREATE UNLOGGED TABLE {suspects} AS SELECT line, address, upn"  # noqa: S608
+            f" FROM {staging} WHERE hashtextextended(address, 0) IN"
+            f" (SELECT h FROM {work['repeats']} WHERE key = 'address')"
+            " OR hashtextextended(upn, 0) IN"
+            f" (SELECT h FROM {work['repeats']} WHERE key = 'upn')"
         )
         for key in ("address", "upn"):
             cursor.execute(
-                f"INSERT INTO {_PROBLEMS} SELECT line, %s, {key},"  # noqa: S608
+                f"INSERT INTO {problem_table} SELECT line, %s, {key},"  # noqa: S608
                 " 'appears more than once in the file (first on line ' || first || ')'"
                 f" FROM (SELECT line, {key}, min(line) OVER (PARTITION BY {key}) AS first"
-                f" FROM {_SUSPECTS}) s WHERE line > first",
+                f" FROM {suspects}) s WHERE line > first",
                 [_COLUMN_NAME[key]],
             )
-        _staging_drop_bad_rows(cursor, problems)
-        # Rows that would change nothing leave staging now: a re-import of the same file
-        # writes nothing, and the checks and merge below see only new and changed rows.
-        same = " AND ".join(f"m.{name} = s.{name}" for name in _UPDATED_FIELDS)
-        cursor.execute(
-            f"DELETE FROM {_STAGING} s USING {table} m"  # noqa: S608
-            f" WHERE m.address = s.address AND {same}"
-        )
-        report.unchanged = cursor.rowcount
-        cursor.execute(f"ANALYZE {_STAGING}")
-        # A UPN that belongs to another mailbox would break the UPN's unique constraint in the
-        # merge, which matches on address: a bad row too.
-        cursor.execute(
-            f"INSERT INTO {_PROBLEMS} SELECT s.line, %s, s.upn,"  # noqa: S608
-            " 'belongs to another mailbox already in the portal, ' || m.address"
-            f" FROM {_STAGING} s JOIN {table} m ON m.upn = s.upn WHERE m.address <> s.address",
-            [_COLUMN_NAME["upn"]],
-        )
-        _staging_drop_bad_rows(cursor, problems)
-        cursor.execute(f"SELECT count(*) FROM {_PROBLEMS}")  # noqa: S608
-        (more_count,) = cursor.fetchone()
-        cursor.execute(
-            f"SELECT line, column_name, value, reason FROM {_PROBLEMS}"  # noqa: S608
-            " ORDER BY line LIMIT %s",
-            [PROBLEMS_KEPT],
-        )
-        problems.finish(report, [Problem(*row) for row in cursor.fetchall()], more_count)
-        report.bad_rows = problems.bad_lines
-        phases.done("check duplicates, changes and UPNs")
-        if problems.bad_lines and not skip_bad_rows:
-            phases.log(report)
-            return
+        staged -= _work_drop_bad_rows(cursor, staging, problem_table, problems)
+    # New and changed rows go on; a row the same as its mailbox is only counted.
+    same = " AND ".join(f"m.{name} = s.{name}" for name in _UPDATED_FIELDS)
+    cursor.execute(
+        f"CREATE UNLOGGED TABLE {changes} AS SELECT s.* FROM {staging} s"  # noqa: S608
+        f" WHERE NOT EXISTS (SELECT FROM {table} m WHERE m.address = s.address AND {same})"
+    )
+    pending = cursor.rowcount
+    report.unchanged = staged - pending
+    cursor.execute(f"ANALYZE {changes}")
+    # A UPN that belongs to another mailbox would break the UPN's unique constraint in the
+    # merge, which matches on address: a bad row too.
+    cursor.execute(
+        f"INSERT INTO {problem_table} SELECT s.line, %s, s.upn,"  # noqa: S608
+        " 'belongs to another mailbox already in the portal, ' || m.address"
+        f" FROM {changes} s JOIN {table} m ON m.upn = s.upn WHERE m.address <> s.address",
+        [_COLUMN_NAME["upn"]],
+    )
+    if cursor.rowcount:
+        pending -= _work_drop_bad_rows(cursor, changes, problem_table, problems)
+    cursor.execute(f"SELECT count(*) FROM {problem_table}")  # noqa: S608
+    (more_count,) = cursor.fetchone()
+    cursor.execute(
+        f"SELECT line, column_name, value, reason FROM {problem_table}"  # noqa: S608
+        " ORDER BY line LIMIT %s",
+        [PROBLEMS_KEPT],
+    )
+    problems.finish(report, [Problem(*row) for row in cursor.fetchall()], more_count)
+    report.bad_rows = problems.bad_lines
+    phases.done("check duplicates, changes and UPNs")
+    if problems.bad_lines and not skip_bad_rows:
+        return
 
-        cursor.execute(f"SELECT count(*) FROM {_STAGING}")  # noqa: S608
-        (pending,) = cursor.fetchone()
-        bulk = _bulk_load_begin(cursor, table, pending) if pending else None
+    bulk = None
+    if pending and bulk_allowed and _bulk_load_worth_it(cursor, table, pending):
+        try:
+            bulk = _bulk_load_begin(cursor, table)
+        except _NoBulkLoad:
+            bulk = None
+    if bulk is not None:
+        # The table is locked: plain statements, no conflicts to arbitrate. Both match on
+        # address as the table is now, under the lock.
+        assignments = ", ".join(f"{name} = s.{name}" for name in _UPDATED_FIELDS)
+        current = ", ".join(f"m.{name}" for name in _UPDATED_FIELDS)
+        incoming = ", ".join(f"s.{name}" for name in _UPDATED_FIELDS)
+        cursor.execute(
+            f"UPDATE {table} m SET {assignments} FROM {changes} s"  # noqa: S608
+            f" WHERE m.address = s.address AND ({current}) IS DISTINCT FROM ({incoming})"
+        )
+        report.updated = cursor.rowcount
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}, status, status_changed_at)"  # noqa: S608
+            f" SELECT {columns}, %s, now() FROM {changes} s"
+            f" WHERE NOT EXISTS (SELECT FROM {table} m WHERE m.address = s.address)",
+            [MailboxStatus.NOT_SCHEDULED.value],
+        )
+        report.created = cursor.rowcount
+        phases.done("insert and update")
+        _bulk_load_end(cursor, bulk)
+        phases.done("rebuild indexes and foreign keys")
+    elif pending:
         assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in _UPDATED_FIELDS)
         current = ", ".join(f"m.{name}" for name in _UPDATED_FIELDS)
         incoming = ", ".join(f"EXCLUDED.{name}" for name in _UPDATED_FIELDS)
-        # One statement: new mailboxes get their first status, as the ORM would give it; existing
-        # ones keep theirs and take the new values only where something differs. In address
-        # order, so the address index grows at its end.
+        # One statement: new mailboxes get their first status, as the ORM would give it;
+        # existing ones keep theirs and take the new values only where something differs. In
+        # address order, so the address index grows at its end.
         cursor.execute(
             f"WITH merged AS (INSERT INTO {table} AS m ({columns}, status, status_changed_at)"  # noqa: S608
-            f" SELECT {columns}, %s, now() FROM {_STAGING} ORDER BY address"
+            f" SELECT {columns}, %s, now() FROM {changes} ORDER BY address"
             f" ON CONFLICT (address) DO UPDATE SET {assignments}"
             f" WHERE ({current}) IS DISTINCT FROM ({incoming})"
             " RETURNING (xmax = 0) AS created)"
@@ -558,43 +868,68 @@ def _mailboxes_load_postgres(
             [MailboxStatus.NOT_SCHEDULED.value],
         )
         report.created, report.updated = cursor.fetchone()
-        # A row changed by someone else since the check above is merged as it is now.
-        report.unchanged += pending - report.created - report.updated
         phases.done("merge")
-        if bulk is not None:
-            _bulk_load_end(cursor, bulk)
-            phases.done("rebuild indexes and foreign keys")
-        if report.created + report.updated >= BULK_LOAD_MIN_ROWS:
-            cursor.execute(f"ANALYZE {table}")  # fresh statistics for the pages' queries
-            phases.done("analyse")
-        cursor.execute(f"DROP TABLE {_STAGING}, {_PROBLEMS}, {_SUSPECTS}")
-    phases.log(report)
+    # A row changed by someone else since the check above is merged as it is now.
+    report.unchanged += pending - report.created - report.updated
+    if report.created + report.updated >= BULK_LOAD_MIN_ROWS:
+        cursor.execute(f"ANALYZE {table}")  # fresh statistics for the pages' queries
+        phases.done("analyse")
 
 
-class _BulkLoad(NamedTuple):
-    indexes: list[str]  # CREATE INDEX statements
-    constraints: list[str]  # ALTER TABLE … ADD CONSTRAINT statements
+def _work_drop_bad_rows(cursor, work_table: str, problem_table: str, problems: _Problems) -> int:
+    """Take the rows with a problem out of a work table; returns how many went."""
+    cursor.execute(
+        f"DELETE FROM {work_table} s USING (SELECT DISTINCT line FROM {problem_table}) p"  # noqa: S608
+        " WHERE s.line = p.line"
+    )
+    problems.bad_lines += cursor.rowcount
+    return cursor.rowcount
 
 
-def _bulk_load_begin(cursor, table: str, pending: int) -> _BulkLoad | None:
-    """Before a merge that fills most of the table: drop what can be rebuilt faster than kept.
+def _rows_estimate(stream: IO[bytes]) -> int:
+    """Data rows in a seekable binary stream, counted as lines less the header; it is rewound."""
+    start = stream.tell()
+    lines, last = 0, b"\n"
+    while block := stream.read(1 << 20):
+        lines += block.count(b"\n")
+        last = block[-1:]
+    stream.seek(start)
+    if last != b"\n":
+        lines += 1
+    return max(0, lines - 1)
 
-    As PostgreSQL's "Populating a Database" advises: building an index over all rows at once
-    is much quicker than updating it row by row, and adding a foreign key checks every row in
-    one query where inserting checks each row alone. Every index and foreign key goes, except
-    the primary key and the unique index on address that the merge's ON CONFLICT needs; unique
-    constraints are checked again when they are added back. All in the import's transaction:
-    a failure restores everything. The table is locked against readers and writers until the
-    import commits, so this is only done when the lock comes within BULK_LOAD_LOCK_TIMEOUT;
-    otherwise the merge runs with the indexes in place.
-    """
-    quote_name = connection.ops.quote_name
+
+def _bulk_load_worth_it(cursor, table: str, pending: int) -> bool:
+    if pending < BULK_LOAD_MIN_ROWS:
+        return False
     cursor.execute(
         "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s::regclass", [table]
     )
     (present,) = cursor.fetchone()
-    if pending < BULK_LOAD_MIN_ROWS or pending < present:
-        return None
+    return pending >= present
+
+
+class _BulkLoad(NamedTuple):
+    """Statements that add back what a bulk load dropped, in the order they run."""
+
+    unique: list[str]  # ALTER TABLE … ADD CONSTRAINT … UNIQUE: a duplicate stops it first
+    indexes: list[str]  # CREATE INDEX
+    foreign_keys: list[str]  # ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY
+
+
+def _bulk_load_begin(cursor, table: str, *, only_if_empty: bool = False) -> _BulkLoad:
+    """Before a load that fills most of the table: drop what can be rebuilt faster than kept.
+
+    As PostgreSQL's "Populating a Database" advises: building an index over all rows at once
+    is much quicker than updating it row by row, and adding a foreign key checks every row in
+    one query where inserting checks each row alone. Every index and unique or foreign key
+    constraint goes, except the primary key (other tables point at it); unique constraints are
+    checked again when they are added back. All in the import's transaction: a failure restores
+    everything. The table is locked against readers and writers until the import commits, so
+    this is only done when the lock comes within BULK_LOAD_LOCK_TIMEOUT; otherwise, or when
+    `only_if_empty` and the table has rows, it raises _NoBulkLoad.
+    """
+    quote_name = connection.ops.quote_name
     cursor.execute("SHOW lock_timeout")
     (lock_timeout,) = cursor.fetchone()
     try:
@@ -602,31 +937,29 @@ def _bulk_load_begin(cursor, table: str, pending: int) -> _BulkLoad | None:
             cursor.execute("SET LOCAL lock_timeout = %s", [BULK_LOAD_LOCK_TIMEOUT])
             cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
+            if only_if_empty:
+                cursor.execute(f"SELECT EXISTS (SELECT FROM {table})")  # noqa: S608
+                if cursor.fetchone()[0]:
+                    raise _NoBulkLoad(busy=False)
+            # Unique constraints that a foreign key relies on stay.
             cursor.execute(
-                "SELECT i.indexrelid FROM pg_index i JOIN pg_attribute a"
-                " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-                " WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indnatts = 1"
-                " AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'address'",
+                "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint c"
+                " WHERE conrelid = %s::regclass AND (contype = 'f' OR (contype = 'u'"
+                " AND NOT EXISTS (SELECT FROM pg_constraint r WHERE r.contype = 'f'"
+                " AND r.confrelid = c.conrelid AND r.conindid = c.conindid)))"
+                " ORDER BY conname",
                 [table],
-            )
-            (arbiter,) = cursor.fetchone()
-            cursor.execute(
-                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
-                " WHERE conrelid = %s::regclass"
-                " AND (contype = 'f' OR (contype = 'u' AND conindid <> %s))"
-                " ORDER BY contype DESC, conname",
-                [table, arbiter],
             )
             constraints = cursor.fetchall()
             cursor.execute(
                 "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)"
                 " FROM pg_index i WHERE i.indrelid = %s::regclass AND NOT i.indisprimary"
-                " AND i.indexrelid <> %s AND NOT EXISTS (SELECT FROM pg_constraint c"
+                " AND NOT EXISTS (SELECT FROM pg_constraint c"
                 " WHERE c.conrelid = i.indrelid AND c.conindid = i.indexrelid)",
-                [table, arbiter],
+                [table],
             )
             indexes = cursor.fetchall()
-            for name, _ in constraints:
+            for name, _, _ in constraints:
                 cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quote_name(name)}")
             for name, _ in indexes:
                 cursor.execute(f"DROP INDEX {name}")
@@ -634,19 +967,25 @@ def _bulk_load_begin(cursor, table: str, pending: int) -> _BulkLoad | None:
         # Busy (others are reading or writing the table) or not possible in this transaction
         # (deferred checks pending): the ordinary merge does the same work, only slower.
         logger.info("Bulk load not possible (%s): merging with indexes in place", error)
-        return None
-    # Unique constraints (contype 'u') sort before foreign keys ('f'): add them back first.
-    return _BulkLoad(
-        indexes=[definition for _, definition in indexes],
-        constraints=[
+        raise _NoBulkLoad(busy=True) from error
+    add = {
+        kind: [
             f"ALTER TABLE {table} ADD CONSTRAINT {quote_name(name)} {definition}"
-            for name, definition in constraints
-        ],
+            for name, contype, definition in constraints
+            if contype == kind
+        ]
+        for kind in ("u", "f")
+    }
+    return _BulkLoad(
+        unique=add["u"],
+        indexes=[definition for _, definition in indexes],
+        foreign_keys=add["f"],
     )
 
 
 def _bulk_load_end(cursor, bulk: _BulkLoad) -> None:
-    for statement in (*bulk.indexes, *bulk.constraints):
+    """Add back what _bulk_load_begin dropped: unique constraints, indexes, foreign keys."""
+    for statement in (*bulk.unique, *bulk.indexes, *bulk.foreign_keys):
         cursor.execute(statement)
 
 
@@ -670,44 +1009,42 @@ class _Phases:
         )
 
 
-def _staging_drop_bad_rows(cursor, problems: _Problems) -> None:
-    cursor.execute(
-        f"DELETE FROM {_STAGING} s USING (SELECT DISTINCT line FROM {_PROBLEMS}) p"  # noqa: S608
-        " WHERE s.line = p.line"
-    )
-    problems.bad_lines += cursor.rowcount
-
-
 # SQLite and other databases: batched bulk_create ----------------------------------------------
 
 
 def _mailboxes_load_orm(
-    rows: Iterator[MailboxRow], report: ImportReport, problems: _Problems, skip_bad_rows: bool
+    stream, org_ids: dict[str, int], report: ImportReport, skip_bad_rows: bool, progress
 ) -> None:
+    problems = _Problems()
     first_line: dict[str, dict[str, int]] = {"address": {}, "upn": {}}
     chunk: list[MailboxRow] = []
-    for row in rows:
-        line, address, upn = row[0], row[1], row[2]
-        duplicate = False
-        for key, value in (("address", address), ("upn", upn)):
-            first = first_line[key].setdefault(value, line)
-            if first != line:
-                problems.add(
-                    line,
-                    _COLUMN_NAME[key],
-                    value,
-                    f"appears more than once in the file (first on line {first})",
-                )
-                duplicate = True
-        if duplicate:
-            problems.bad_lines += 1
-            continue
-        chunk.append(row)
-        if len(chunk) >= SQLITE_CHUNK:
-            _orm_merge_chunk(chunk, report, problems, skip_bad_rows)
-            chunk = []
+    rows = _Rows(stream, MAILBOX_COLUMNS)
+    try:
+        for row in _mailbox_rows(rows, org_ids, problems, progress):
+            line, address, upn = row[0], row[1], row[2]
+            duplicate = False
+            for key, value in (("address", address), ("upn", upn)):
+                first = first_line[key].setdefault(value, line)
+                if first != line:
+                    problems.add(
+                        line,
+                        _COLUMN_NAME[key],
+                        value,
+                        f"appears more than once in the file (first on line {first})",
+                    )
+                    duplicate = True
+            if duplicate:
+                problems.bad_lines += 1
+                continue
+            chunk.append(row)
+            if len(chunk) >= SQLITE_CHUNK:
+                _orm_merge_chunk(chunk, report, problems, skip_bad_rows)
+                chunk = []
+    finally:
+        rows.close()
     if chunk:
         _orm_merge_chunk(chunk, report, problems, skip_bad_rows)
+    report.rows_read = rows.rows_read
     problems.finish(report)
     report.bad_rows = problems.bad_lines
 
@@ -827,7 +1164,10 @@ def organisations_import(
                     "pk", "code", "name", "type", "region", "parent__code"
                 )
             }
-            good = _organisation_rows(rows, existing, problems, progress)
+            try:
+                good = _organisation_rows(rows, existing, problems, progress)
+            finally:
+                rows.close()
             report.rows_read = rows.rows_read
             if report.rows_read == 0:
                 raise FileRefused("the file has no data rows, only a header")
@@ -983,6 +1323,84 @@ def _organisations_write(
             )
 
 
+# Uploads ----------------------------------------------------------------------------------------
+
+MAX_UPLOAD_BYTES = 1024**3  # 1 GB: the national mailbox file is about a quarter of that
+UPLOAD_TOO_LARGE = "The selected file must be smaller than 1 GB"
+# A multipart body carries a little more than the file: boundaries, headers, the other fields.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
+_SPREADSHEET_SIGNATURES = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")  # .xlsx (a zip), .xls
+
+
+def upload_dir() -> Path:
+    """Where uploaded files wait for their import: the PORTAL_IMPORT_DIR setting if there is one.
+
+    Workers must be able to read it: on more than one machine, shared storage.
+    """
+    configured = getattr(settings, "PORTAL_IMPORT_DIR", None)
+    return Path(configured) if configured else Path(settings.BASE_DIR) / "var" / "imports"
+
+
+def upload_problem(uploaded) -> str | None:
+    """Why an uploaded file cannot be queued for import, in the words to show; None if it can.
+
+    Only what can be told at once: the import checks every row in the background.
+    """
+    if not uploaded.size:
+        return "The selected file is empty"
+    if uploaded.size > MAX_UPLOAD_BYTES:
+        return UPLOAD_TOO_LARGE
+    uploaded.seek(0)
+    head = uploaded.read(4096)
+    uploaded.seek(0)
+    if head.startswith(_SPREADSHEET_SIGNATURES):
+        return "The selected file is an Excel workbook: save it as 'CSV UTF-8' and upload that"
+    if not uploaded.name.lower().endswith(".csv"):
+        return "The selected file must be a CSV"
+    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "The selected file must be a CSV: it is not text"
+    return None
+
+
+def upload_save(uploaded) -> Path:
+    """Put an uploaded file where the worker will read it, streamed: never whole in memory.
+
+    Each upload gets a folder of its own, so its name is kept (the pages show it). A file that
+    Django spooled to disk is moved there rather than copied.
+    """
+    folder = upload_dir() / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    path = folder / (get_valid_filename(Path(uploaded.name).name) or "upload.csv")
+    if hasattr(uploaded, "temporary_file_path"):
+        file_move_safe(uploaded.temporary_file_path(), str(path))
+    else:
+        with path.open("wb") as out:
+            for chunk in uploaded.chunks():
+                out.write(chunk)
+    return path
+
+
+def upload_forget(path: str) -> None:
+    """Delete an uploaded file once its import has finished: it holds people's names.
+
+    Only files in the upload folder are touched: a path given to a command is the user's own.
+    """
+    file = Path(path)
+    root = upload_dir().resolve()
+    try:
+        if file.resolve().parent.parent != root:
+            return
+        file.unlink(missing_ok=True)
+        file.parent.rmdir()
+    except OSError:
+        logger.warning("Could not delete the uploaded file %s", path, exc_info=True)
+
+
+def import_file_name(run: ImportRun) -> str:
+    """The name of the run's file, as uploaded or given."""
+    return Path(run.path).name
+
+
 # In the background ------------------------------------------------------------------------------
 
 IMPORTERS: dict[str, Callable[..., ImportReport]] = {
@@ -1018,7 +1436,8 @@ def import_run_execute(import_run_id: int) -> str:
     """Run a queued import once: claim it, import the file, record the report.
 
     A run that another worker has claimed, or that has finished, is left alone, so a task that
-    is delivered twice imports once. Returns the run's status.
+    is delivered twice imports once. An uploaded file is deleted when its run has finished.
+    Returns the run's status.
     """
     claimed = ImportRun.objects.filter(pk=import_run_id, status=ImportStatus.QUEUED).update(
         status=ImportStatus.RUNNING, started_at=timezone.now()
@@ -1040,6 +1459,7 @@ def import_run_execute(import_run_id: int) -> str:
             error=f"{type(error).__name__}: {reason}"[:2000],
             finished_at=timezone.now(),
         )
+        upload_forget(run.path)
         return ImportStatus.FAILED
     finally:
         progress.close()
@@ -1057,19 +1477,14 @@ def import_run_execute(import_run_id: int) -> str:
         error=report.error,
         finished_at=timezone.now(),
     )
+    upload_forget(run.path)
     return status
 
 
 def estimate_rows(path: str) -> int:
     """The number of data rows, counted as lines less the header: quick, and close enough."""
-    lines, last = 0, b"\n"
     with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    if last != b"\n":
-        lines += 1
-    return max(0, lines - 1)
+        return _rows_estimate(stream)
 
 
 class _ProgressWriter:

@@ -5,4 +5,6 @@ from mailboxes import views
 app_name = "mailboxes"
 urlpatterns = [
     path("", views.mailbox_list, name="list"),
+    path("imports/", views.import_list, name="imports"),
+    path("imports/<int:pk>/", views.import_detail, name="import_detail"),
 ]

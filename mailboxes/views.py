@@ -1,10 +1,20 @@
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_GET, require_http_methods
 
-from mailboxes.forms import MailboxFilterForm
-from mailboxes.models import MAILBOX_STATUS_COLOURS, MailboxStatus
+from mailboxes.forms import ImportForm, MailboxFilterForm
+from mailboxes.importing import (
+    MAX_UPLOAD_BYTES,
+    UPLOAD_OVERHEAD_BYTES,
+    UPLOAD_TOO_LARGE,
+    import_file_name,
+    import_run_start,
+    upload_save,
+)
+from mailboxes.models import MAILBOX_STATUS_COLOURS, ImportRun, ImportStatus, MailboxStatus
 from mailboxes.selectors import (
     mailbox_list as select_mailboxes,
 )
@@ -55,3 +65,95 @@ def mailbox_list(request: HttpRequest) -> HttpResponse:
     }
     template = "mailboxes/list.html#results" if request.htmx else "mailboxes/list.html"
     return render(request, template, context)
+
+
+# Imports, for the central team ------------------------------------------------------------------
+
+CENTRAL = Role.CENTRAL_TEAM
+IMPORT_STATUS_COLOURS = {
+    ImportStatus.QUEUED: "grey",
+    ImportStatus.RUNNING: "blue",
+    ImportStatus.DONE: "green",
+    ImportStatus.REFUSED: "red",
+    ImportStatus.FAILED: "red",
+}
+IMPORT_FINISHED = {ImportStatus.DONE, ImportStatus.REFUSED, ImportStatus.FAILED}
+IMPORTS_LISTED = 25
+PROBLEMS_PER_PAGE = 100
+
+
+@csrf_exempt  # checked by _import_upload, after the size of the request has been looked at
+@require_http_methods(["GET", "POST"])
+@role_required(CENTRAL)
+def import_list(request: HttpRequest) -> HttpResponse:
+    """Recent imports, and the form to upload a file and start one."""
+    if request.method == "POST":
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + UPLOAD_OVERHEAD_BYTES:
+            # Refused before the body is read: Django would spool all of it to disk first.
+            form = ImportForm()
+            form.refuse_file(UPLOAD_TOO_LARGE)
+            return _import_list_page(request, form, status=400)
+        return _import_upload(request)
+    return _import_list_page(request, ImportForm())
+
+
+@csrf_protect
+def _import_upload(request: HttpRequest) -> HttpResponse:
+    form = ImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _import_list_page(request, form, status=400)
+    uploaded = form.cleaned_data["file"]
+    run = import_run_start(
+        kind=form.cleaned_data["kind"],
+        path=str(upload_save(uploaded)),
+        skip_bad_rows=form.cleaned_data["skip_bad_rows"],
+        created_by=request.user,
+    )
+    messages.success(
+        request,
+        f"{uploaded.name} uploaded. It is imported in the background: this page shows how far"
+        " it has got, then what it found.",
+    )
+    return redirect("mailboxes:import_detail", pk=run.pk)
+
+
+def _import_list_page(request: HttpRequest, form: ImportForm, *, status: int = 200):
+    runs = list(ImportRun.objects.select_related("created_by")[:IMPORTS_LISTED])
+    for run in runs:
+        run.file_name = import_file_name(run)
+        run.status_colour = IMPORT_STATUS_COLOURS[run.status]
+    context = {"form": form, "runs": runs}
+    return render(request, "mailboxes/imports.html", context, status=status)
+
+
+@require_GET
+@role_required(CENTRAL)
+def import_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One import: its progress while it runs (polled by htmx), then its report."""
+    run = get_object_or_404(ImportRun.objects.select_related("created_by"), pk=pk)
+    run.file_name = import_file_name(run)
+    run.status_colour = IMPORT_STATUS_COLOURS[run.status]
+    finished = run.status in IMPORT_FINISHED
+    problems = Paginator(run.problems, PROBLEMS_PER_PAGE).get_page(request.GET.get("page"))
+    counts = [
+        ("Rows read", run.rows_read),
+        ("Created", run.created),
+        ("Updated", run.updated),
+        ("Unchanged", run.unchanged),
+        ("Bad rows skipped", run.skipped) if run.skip_bad_rows else ("Bad rows", run.bad_rows),
+    ]
+    context = {
+        "run": run,
+        "run_counts": counts,
+        "finished": finished,
+        "page_obj": problems,
+        "problems_hidden": run.problem_count - len(run.problems),
+        "querystring": "",
+    }
+    if not request.htmx:
+        return render(request, "mailboxes/import_detail.html", context)
+    response = render(request, "mailboxes/import_detail.html#status", context)
+    if finished:
+        response.status_code = 286  # htmx: stop polling
+    return response

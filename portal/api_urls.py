@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from mailboxes.api import MailboxViewSet, OrganisationViewSet
+from mailboxes.api import ImportRunViewSet, MailboxViewSet, OrganisationViewSet
 from support.api import MailboxDetail, MailboxLookup
 from waves.api import BookingViewSet, WaveViewSet
 
@@ -12,6 +12,7 @@ router.register("organisations", OrganisationViewSet, basename="organisation")
 router.register("mailboxes", MailboxViewSet, basename="mailbox")
 router.register("waves", WaveViewSet, basename="wave")
 router.register("bookings", BookingViewSet, basename="booking")
+router.register("imports", ImportRunViewSet, basename="import")
 
 app_name = "api"
 urlpatterns = [

@@ -12,6 +12,7 @@ NAVIGATION = {
         ("Waves", "waves:list", []),
         ("Bookings to review", "waves:booking_queue", []),
         ("Find a mailbox", "support:search", []),
+        ("Imports", "mailboxes:imports", []),
     ],
     Role.HELPDESK: [("Find a mailbox", "support:search", [])],
 }

@@ -11,6 +11,8 @@ PATHS = {
     "/api/mailboxes/": {"get"},
     "/api/mailboxes/{mailbox_id}/": {"get"},
     "/api/lookup/": {"get"},
+    "/api/imports/": {"post"},
+    "/api/imports/{id}/": {"get"},
     "/api/waves/": {"get", "post"},
     "/api/waves/{public_id}/": {"get"},
     **{

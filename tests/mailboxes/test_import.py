@@ -737,3 +737,138 @@ def test_progress_is_visible_to_a_page_while_the_import_runs(monkeypatch):
     assert run_import(run.pk) == ImportStatus.DONE
 
     assert seen_by_a_page == [2, 4, 6, 6]
+
+
+def column_defaults() -> set:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT column_name, column_default FROM information_schema.columns"
+            " WHERE table_name = 'mailboxes_mailbox'"
+        )
+        return set(cursor.fetchall())
+
+
+@pytest.fixture
+def bulk_loads(monkeypatch):
+    """Every file counts as large; no deferred checks pending, as in a fresh transaction."""
+    monkeypatch.setattr(importing, "BULK_LOAD_MIN_ROWS", 1)
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
+@postgres_only
+def test_a_first_load_copies_into_the_table_and_leaves_its_schema_as_it_was(
+    organisations, bulk_loads, caplog
+):
+    schema, defaults = mailbox_schema(), column_defaults()
+
+    with caplog.at_level("INFO", logger="mailboxes.importing"):
+        out = run_command("import_mailboxes", DATA / "mailboxes.csv")
+
+    assert "created 6" in out
+    assert "copy into the table" in caplog.text
+    assert (mailbox_schema(), column_defaults()) == (schema, defaults)
+    bob = Mailbox.objects.get(address="bob.jones@rcf.nhs.net")
+    assert (bob.upn, bob.display_name, bob.size_bytes, bob.organisation.code) == (
+        "bob.jones@rcf.nhs.uk",
+        "Jones, Bob (Dr)",
+        52428800,
+        "RCF",
+    )
+    assert (bob.status, bob.status_changed_at is not None) == (MailboxStatus.NOT_SCHEDULED, True)
+    # New mailboxes still get ids from the table's sequence afterwards.
+    later = Mailbox.objects.create(
+        address="later@rcf.nhs.net",
+        upn="later@rcf.nhs.uk",
+        display_name="Later",
+        recipient_type="UserMailbox",
+        organisation=organisations[0],
+    )
+    assert later.pk > max(Mailbox.objects.exclude(pk=later.pk).values_list("pk", flat=True))
+
+
+@postgres_only
+def test_a_first_load_with_a_repeated_address_is_reported_through_staging(
+    organisations, bulk_loads, tmp_path, caplog
+):
+    schema = mailbox_schema()
+    text = (DATA / "mailboxes.csv").read_text()
+    text += "WARD7@rcf.nhs.net,ward7.again@rcf.nhs.uk,Ward 7 again,SharedMailbox,1,1,RCF\n"
+
+    with caplog.at_level("INFO", logger="mailboxes.importing"):
+        out, _ = refused_command("import_mailboxes", write(tmp_path, text))
+
+    assert "Bulk load found a value twice" in caplog.text
+    assert (
+        'line 8, PrimarySmtpAddress "ward7@rcf.nhs.net": appears more than once in the file'
+        " (first on line 4)" in out
+    )
+    assert "Refused: 1 bad row." in out
+    assert Mailbox.objects.count() == 0
+    assert mailbox_schema() == schema
+
+
+@postgres_only
+def test_a_first_load_with_a_bad_row_reports_every_problem_duplicates_too(
+    organisations, bulk_loads, tmp_path
+):
+    text = HEADER + GOOD_ROW.replace(",10,", ",-10,") + GOOD_ROW + GOOD_ROW
+
+    out, _ = refused_command("import_mailboxes", write(tmp_path, text))
+
+    assert "Refused: 2 bad rows." in out
+    assert 'line 2, ItemCount "-10": must not be negative' in out
+    assert 'line 4, PrimarySmtpAddress "ann.smith@rcf.nhs.net": appears more than once' in out
+    assert Mailbox.objects.count() == 0
+
+
+@postgres_only
+def test_a_first_load_skipping_bad_rows(organisations, bulk_loads, tmp_path):
+    schema = mailbox_schema()
+    text = HEADER + GOOD_ROW + GOOD_ROW.replace("ann.", "an.").replace(",RCF", ",NOPE")
+
+    out = run_command("import_mailboxes", write(tmp_path, text), "--skip-bad-rows")
+
+    assert "created 1, updated 0, unchanged 0, skipped 1" in out
+    assert 'line 3, OrganisationCode "NOPE": is not the code of an organisation' in out
+    assert mailbox_schema() == schema
+
+
+@postgres_only
+def test_a_large_load_into_a_table_with_rows_inserts_and_updates_without_merging(
+    airedale, bulk_loads, tmp_path, caplog
+):
+    """Not empty, so not straight into the table: staged, then plain INSERT and UPDATE."""
+    schema = mailbox_schema()
+    booked = Mailbox.objects.get(address="user00001@rcf.nhs.net")
+    mailboxes_transition(mailbox_ids=[booked.pk], to=MailboxStatus.BOOKED, actor="test")
+    rows = [
+        f"user{i:05d}@rcf.nhs.net,user{i:05d}@rcf.nhs.uk,Renamed {i},UserMailbox,1,1,RCF\n"
+        for i in range(25)
+    ]
+    rows += [
+        f"new{i}@rcf.nhs.net,new{i}@rcf.nhs.uk,New {i},SharedMailbox,2,2,RCF\n" for i in range(40)
+    ]
+
+    with caplog.at_level("INFO", logger="mailboxes.importing"):
+        out = run_command("import_mailboxes", write(tmp_path, HEADER + "".join(rows)))
+
+    assert "Rows read 65: created 40, updated 25, unchanged 0" in out
+    assert "insert and update" in caplog.text
+    assert mailbox_schema() == schema
+    assert Mailbox.objects.count() == 70
+    booked.refresh_from_db()
+    assert (booked.display_name, booked.status) == ("Renamed 1", MailboxStatus.BOOKED)
+    assert Mailbox.objects.get(address="new3@rcf.nhs.net").status == MailboxStatus.NOT_SCHEDULED
+
+
+def test_it_reads_lines_given_as_text(organisations):
+    report = mailboxes_import([HEADER, GOOD_ROW])
+
+    assert (report.refused, report.created) == (False, 1)
+
+
+def test_it_leaves_the_file_open_for_its_owner(organisations):
+    with (DATA / "mailboxes.csv").open("rb") as stream:
+        mailboxes_import(stream)
+        assert not stream.closed
