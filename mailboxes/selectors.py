@@ -1,10 +1,17 @@
 """Reads of organisations and mailboxes, always through the user's organisation scope."""
 
-from django.db.models import Count, Q, QuerySet
+import re
+
+from django.db import connection
+from django.db.models import Count, F, OrderBy, Q, QuerySet
 from django.http import Http404
 
 from mailboxes.models import Mailbox, MailboxStatus, Organisation
 from portal.auth import Role, role_of
+
+SEARCH_LIMIT = 20
+MIN_FRAGMENT = 3  # a trigram: anything shorter cannot use the name index
+NAME_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def organisations_for(user) -> QuerySet[Organisation]:
@@ -37,13 +44,44 @@ def mailbox_list(
         mailboxes = mailboxes.filter(status=status)
     if recipient_type:
         mailboxes = mailboxes.filter(recipient_type=recipient_type)
-    if search:
-        mailboxes = mailboxes.filter(
-            Q(address__istartswith=search)
-            | Q(display_name__icontains=search)
-            | Q(upn__istartswith=search)
-        )
+    if search.strip():
+        mailboxes = mailboxes.filter(mailbox_search_q(search))
     return mailboxes.order_by("address")
+
+
+def mailbox_search_q(search: str) -> Q:
+    """Matches for a filter box: the start of the address or UPN, or the words of the name.
+
+    Addresses and UPNs are stored in lower case (the import lowers them), so a case-sensitive
+    prefix on the lowered input finds them through an index; Django's `istartswith` would wrap
+    the column in UPPER() and read every row. Each word of the name (3 characters or more
+    somewhere in the query) must appear in the display name, in any order: "michelle johnson"
+    finds "JOHNSON, Michelle". On PostgreSQL the name goes through the trigram index on
+    UPPER(display_name) (migration 0003); shorter queries match addresses and UPNs only, as a
+    2-letter fragment has no trigram and would read every row.
+    """
+    search = search.strip()
+    lowered = search.lower()
+    match = Q(address__startswith=lowered) | Q(upn__startswith=lowered)
+    words = _name_words(search)
+    if words:
+        match |= _name_q(words)
+    return match
+
+
+def _name_words(search: str) -> list[str]:
+    """The words of a name query, or none if it is an address or has no word of 3 characters."""
+    if "@" in search:
+        return []
+    words = [word for word in NAME_SEPARATORS.split(search) if word]
+    return words if any(len(word) >= MIN_FRAGMENT for word in words) else []
+
+
+def _name_q(words: list[str]) -> Q:
+    match = Q()
+    for word in words:
+        match &= Q(display_name__icontains=word)
+    return match
 
 
 def mailbox_status_counts(organisation: Organisation) -> dict[str, int]:
@@ -62,25 +100,77 @@ def mailboxes_for(user) -> QuerySet[Mailbox]:
     return Mailbox.objects.filter(organisation__in=organisations_for(user))
 
 
-def mailbox_search(query: str, *, limit: int = 20) -> list[Mailbox]:
-    """Helpdesk search as you type: an exact address or UPN first, then prefixes and name fragments."""
+def mailbox_search(query: str, *, limit: int = SEARCH_LIMIT) -> list[Mailbox]:
+    """Helpdesk search as you type: an exact address or UPN, else prefixes, then name matches.
+
+    At most four queries, each answered from an index at 2.1 million mailboxes (see
+    docs/performance.md):
+    1. an exact address or UPN (the unique indexes): that mailbox alone;
+    2. the first `limit` addresses starting with the query, in address order, then
+    3. the same for UPNs: each read in order from an index, so a prefix shared by 100,000
+       mailboxes costs no more than a rare one;
+    4. up to `limit` mailboxes whose display name holds every word of the query (3 characters
+       or more; not for a query with "@"), taken in (organisation, address) order, which the
+       planner can walk without sorting, and shown by name.
+    Results keep that order, without repeats, up to `limit`.
+    """
     query = query.strip()
     if len(query) < 2:
         return []
     lowered = query.lower()
-    exact = list(
-        Mailbox.objects.select_related("organisation").filter(Q(address=lowered) | Q(upn=lowered))[
-            :1
-        ]
-    )
+    mailboxes = Mailbox.objects.select_related("organisation")
+    exact = list(mailboxes.filter(Q(address=lowered) | Q(upn=lowered))[:1])
     if exact:
         return exact
-    return list(
-        Mailbox.objects.select_related("organisation")
-        .filter(
-            Q(address__startswith=lowered)
-            | Q(upn__startswith=lowered)
-            | Q(display_name__icontains=query)
+    found: dict[int, Mailbox] = {}
+    for field in ("address", "upn"):
+        for mailbox in _prefix_matches(mailboxes, field, lowered, limit):
+            found.setdefault(mailbox.pk, mailbox)
+    words = _name_words(query)
+    if words and len(found) < limit:
+        by_name = list(
+            mailboxes.filter(_name_q(words)).order_by("organisation_id", "address")[:limit]
         )
-        .order_by("display_name", "address")[:limit]
-    )
+        by_name.sort(key=lambda m: (m.display_name.lower(), m.address))
+        for mailbox in by_name:
+            found.setdefault(mailbox.pk, mailbox)
+    return list(found.values())[:limit]
+
+
+def _prefix_matches(mailboxes: QuerySet[Mailbox], field: str, prefix: str, limit: int):
+    """The first `limit` mailboxes whose `field` starts with `prefix`, in code-point order.
+
+    On PostgreSQL, Django gives each unique text column a second index in the
+    `varchar_pattern_ops` class, for LIKE 'prefix%'; that index also holds the column in
+    byte order, which `ORDER BY … USING ~<~` asks for, so the first rows of a prefix shared by
+    100,000 mailboxes are read from the index without a sort, whatever the database's
+    collation. On SQLite the prefix becomes the range [prefix, next prefix), which its unique
+    index serves in byte order (the same order for UTF-8); the LIKE is kept as a check.
+    """
+    mailboxes = mailboxes.filter(**{f"{field}__startswith": prefix})
+    if connection.vendor == "postgresql":
+        return list(mailboxes.order_by(_BytewiseOrder(F(field)))[:limit])
+    upper = _after_prefix(prefix)
+    if upper is not None:
+        mailboxes = mailboxes.filter(**{f"{field}__lt": upper})
+    return list(mailboxes.filter(**{f"{field}__gte": prefix}).order_by(field)[:limit])
+
+
+class _BytewiseOrder(OrderBy):
+    """ORDER BY column USING ~<~: the order of a `varchar_pattern_ops` index (PostgreSQL)."""
+
+    # Django's compiler finds each ORDER BY term's direction by the word ASC or DESC in its SQL;
+    # USING takes the place of a direction, so the word is given in a comment.
+    template = "%(expression)s USING ~<~ /* ASC */"
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The least string above every string starting with `prefix`, in code-point order."""
+    while prefix:
+        code = ord(prefix[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored: skip past them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return prefix[:-1] + chr(code)
+        prefix = prefix[:-1]
+    return None

@@ -48,13 +48,27 @@ def booking_queue() -> QuerySet[Booking]:
 
 
 def wave_progress(wave: Wave) -> dict:
-    """Counts of the wave's mailboxes by status, and the share settled (completed or failed)."""
-    entries = CohortMailbox.objects.filter(booking__wave=wave, active=True)
-    counts = dict(entries.values_list("mailbox__status").annotate(n=Count("pk")).order_by())
-    totals = entries.aggregate(
-        bytes_done=Coalesce(Sum("bytes_transferred"), Value(0)),
-        bytes_total=Coalesce(Sum("mailbox__size_bytes"), Value(0)),
+    """Counts of the wave's mailboxes by status, and the share settled (completed or failed).
+
+    One pass over the wave's cohort (83,000 rows in a weekend wave) gives the counts and the
+    bytes together, grouped by status.
+    """
+    rows = (
+        CohortMailbox.objects.filter(booking__wave=wave, active=True)
+        .values_list("mailbox__status")
+        .annotate(
+            n=Count("pk"),
+            done=Coalesce(Sum("bytes_transferred"), Value(0)),
+            size=Coalesce(Sum("mailbox__size_bytes"), Value(0)),
+        )
+        .order_by()
     )
+    counts: dict[str, int] = {}
+    bytes_done = bytes_total = 0
+    for status, n, done, size in rows:
+        counts[status] = n
+        bytes_done += done
+        bytes_total += size
     total = sum(counts.values())
     completed = counts.get(MailboxStatus.COMPLETED, 0)
     failed = counts.get(MailboxStatus.FAILED, 0)
@@ -68,18 +82,36 @@ def wave_progress(wave: Wave) -> dict:
         "completed": completed,
         "failed": failed,
         "percent_completed": round(100 * completed / total, 1) if total else 0.0,
-        "bytes_done": totals["bytes_done"],
-        "bytes_total": totals["bytes_total"],
+        "bytes_done": bytes_done,
+        "bytes_total": bytes_total,
     }
 
 
 def wave_failures(wave: Wave, *, limit: int = 50) -> QuerySet[CohortMailbox]:
+    """The wave's mailboxes that need attention, by address.
+
+    Found from the failed mailboxes of the wave's organisations (the (organisation, status)
+    index: a few probes, one per booking) rather than by reading the status of each of the
+    wave's 83,000 mailboxes, then kept if their active cohort entry is in this wave.
+    """
+    failed = Mailbox.objects.filter(
+        status=MailboxStatus.FAILED,
+        organisation_id__in=wave.bookings.values("organisation_id"),
+    )
     return (
-        CohortMailbox.objects.filter(
-            booking__wave=wave, active=True, mailbox__status=MailboxStatus.FAILED
-        )
+        CohortMailbox.objects.filter(booking__wave=wave, active=True, mailbox__in=failed)
         .select_related("mailbox", "booking__organisation")
         .order_by("mailbox__address")[:limit]
+    )
+
+
+def booking_status_counts(booking: Booking) -> dict[str, int]:
+    """How many of the booking's mailboxes are in each status: one grouped query."""
+    return dict(
+        booking.cohort.filter(active=True)
+        .values_list("mailbox__status")
+        .annotate(n=Count("pk"))
+        .order_by()
     )
 
 

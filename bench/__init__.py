@@ -1,0 +1,1 @@
+"""The programme-scale benchmark: `python -m bench` (see docs/performance.md)."""
