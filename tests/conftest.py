@@ -25,7 +25,7 @@ from mailboxes.models import (
     RecipientType,
 )
 from portal.auth import Role, grant_role
-from waves.models import Wave, WaveKind
+from waves.models import CohortMailbox, Wave, WaveKind
 from waves.services import (
     booking_approve,
     booking_create,
@@ -186,6 +186,12 @@ def assert_migration_histories(mailbox_ids: Iterable[int]) -> dict[int, list[tup
             assert from_status in MAILBOX_TRANSITIONS[to_status], f"mailbox {pk}: {path}"
         assert path[-1][1] == current[pk], f"mailbox {pk}: {path}, now {current[pk]}"
         assert current[pk] in {S.COMPLETED, S.FAILED}, f"mailbox {pk}: {path}"
+    copies = dict(
+        CohortMailbox.objects.filter(mailbox_id__in=mailbox_ids, active=True).values_list(
+            "mailbox_id", "mailbox_status"
+        )
+    )
+    assert copies == current, "the cohort rows' copy of the status disagrees with the mailboxes"
     return histories
 
 

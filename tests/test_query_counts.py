@@ -148,7 +148,12 @@ def test_wave_list(client, carol, alice):
 
 
 def _fail(mailboxes) -> None:
-    Mailbox.objects.filter(pk__in=[m.pk for m in mailboxes]).update(status=MailboxStatus.FAILED)
+    """Set-up: as the engine leaves a mailbox that failed its last attempt (and its cohort copy)."""
+    ids = [m.pk for m in mailboxes]
+    Mailbox.objects.filter(pk__in=ids).update(status=MailboxStatus.FAILED)
+    CohortMailbox.objects.filter(mailbox_id__in=ids, active=True).update(
+        mailbox_status=MailboxStatus.FAILED
+    )
 
 
 def _batch(wave, n: int, bookings) -> None:

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from mailboxes.models import Mailbox, Organisation
+from mailboxes.models import Mailbox, MailboxStatus, Organisation
 
 
 class WaveKind(models.TextChoices):
@@ -211,13 +211,27 @@ CONSISTENCY_COLOURS = {
 class CohortMailbox(models.Model):
     """A mailbox in a booking's cohort, with its progress through the backend."""
 
-    booking = models.ForeignKey(Booking, on_delete=models.CASCADE, related_name="cohort")
+    # booking and batch are served by the (booking, mailbox) and (batch, mailbox) indexes.
+    booking = models.ForeignKey(
+        Booking, on_delete=models.CASCADE, related_name="cohort", db_index=False
+    )
     mailbox = models.ForeignKey(Mailbox, on_delete=models.PROTECT, related_name="cohort_entries")
     # False once the booking is rejected, withdrawn or the mailbox rolled back: kept for history.
     active = models.BooleanField(default=True)
     batch = models.ForeignKey(
-        MigrationBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="members"
+        MigrationBatch,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="members",
+        db_index=False,
     )
+    # Copies kept by waves.services.cohort_transition, so that a wave's counts by status and its
+    # bytes read the wave's own rows, not 83,000 mailboxes scattered over a 2.1-million-row table.
+    mailbox_status = models.CharField(
+        max_length=20, choices=MailboxStatus.choices, default=MailboxStatus.BOOKED
+    )
+    size_bytes = models.BigIntegerField(default=0, help_text="The mailbox's size when booked.")
     backend_status = models.CharField(max_length=40, blank=True)
     bytes_transferred = models.BigIntegerField(default=0)
     items_transferred = models.BigIntegerField(default=0)

@@ -14,7 +14,13 @@ from django_q.tasks import async_task
 
 from mailboxes.models import Mailbox, MailboxStatus, Organisation
 from mailboxes.services import mailboxes_transition
-from portal.lib.transitions import Actor, TransitionNotAllowed, actor_fields, transition_rows
+from portal.lib.transitions import (
+    Actor,
+    TransitionNotAllowed,
+    actor_fields,
+    chunked,
+    transition_rows,
+)
 from waves.models import (
     BOOKING_ACTIVE,
     BOOKING_TRANSITIONS,
@@ -200,6 +206,30 @@ def wave_capacity_used(wave: Wave) -> tuple[int, int]:
     return used["mailboxes"] or 0, used["bytes"] or 0
 
 
+def cohort_transition(
+    *,
+    mailbox_ids: Sequence[int],
+    to: MailboxStatus,
+    actor: Actor,
+    reason: str = "",
+    expected_from: Iterable[str] | None = None,
+) -> list[int]:
+    """Move booked mailboxes (`mailboxes_transition`) and keep their cohort rows' copy in step.
+
+    Every status change of a mailbox with an active cohort row goes through here, in the same
+    transaction, so the copy a wave counts by never disagrees with the mailbox.
+    """
+    with transaction.atomic():
+        moved = mailboxes_transition(
+            mailbox_ids=mailbox_ids, to=to, actor=actor, reason=reason, expected_from=expected_from
+        )
+        for chunk in chunked(moved):
+            CohortMailbox.objects.filter(mailbox_id__in=chunk, active=True).update(
+                mailbox_status=to
+            )
+    return moved
+
+
 def booking_create(
     *,
     wave: Wave,
@@ -278,12 +308,22 @@ def booking_create(
         try:
             with transaction.atomic():
                 CohortMailbox.objects.bulk_create(
-                    [CohortMailbox(booking=booking, mailbox_id=pk) for pk in ids], batch_size=2000
+                    [
+                        CohortMailbox(
+                            booking=booking,
+                            mailbox_id=pk,
+                            mailbox_status=MailboxStatus.BOOKED,
+                            size_bytes=size_bytes,
+                        )
+                        for pk, size_bytes in chosen
+                    ],
+                    batch_size=2000,
                 )
         except IntegrityError:
             raise BookingRefused(
                 "Some of these mailboxes were booked by someone else a moment ago. Try again."
             ) from None
+        # The cohort rows were written with the copy already Booked.
         moved = mailboxes_transition(
             mailbox_ids=ids,
             to=MailboxStatus.BOOKED,
@@ -306,7 +346,7 @@ def booking_approve(*, booking: Booking, actor: Actor) -> None:
         _booking_transition(
             booking=booking, to=BookingStatus.APPROVED, actor=actor, reason="Approved"
         )
-        mailboxes_transition(
+        cohort_transition(
             mailbox_ids=_cohort_ids(booking),
             to=MailboxStatus.SCHEDULED,
             actor=actor,
@@ -353,15 +393,14 @@ def _release(*, booking: Booking, to: BookingStatus, actor: Actor, reason: str, 
     with transaction.atomic():
         Wave.objects.select_for_update().get(pk=booking.wave_id)
         _booking_transition(booking=booking, to=to, actor=actor, reason=reason, **updates)
-        ids = _cohort_ids(booking)
-        CohortMailbox.objects.filter(booking=booking, active=True).update(active=False)
-        mailboxes_transition(
-            mailbox_ids=ids,
+        cohort_transition(
+            mailbox_ids=_cohort_ids(booking),
             to=MailboxStatus.NOT_SCHEDULED,
             actor=actor,
             reason=f"Booking {BookingStatus(to).label.lower()}: {reason}",
             expected_from={MailboxStatus.BOOKED, MailboxStatus.SCHEDULED},
         )
+        CohortMailbox.objects.filter(booking=booking, active=True).update(active=False)
 
 
 def _cohort_ids(booking: Booking) -> list[int]:

@@ -30,7 +30,6 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from mailboxes.models import MAILBOX_IN_FLIGHT, MAILBOX_TRANSITIONS, Mailbox, MailboxStatus
-from mailboxes.services import mailboxes_transition
 from portal.lib.bulk import update_rows
 from portal.lib.transitions import Actor, TransitionNotAllowed
 from waves.backends import BackendError, MigrationBackend, get_backend, portal_status
@@ -44,7 +43,7 @@ from waves.models import (
     Wave,
     WaveStatus,
 )
-from waves.services import bookings_transition, wave_transition
+from waves.services import bookings_transition, cohort_transition, wave_transition
 
 log = logging.getLogger(__name__)
 PROGRESS_FIELDS = [
@@ -240,7 +239,7 @@ def batch_submit(batch: MigrationBatch, backend: MigrationBackend) -> None:
             last_error="",
         )
         if marked:
-            mailboxes_transition(
+            cohort_transition(
                 mailbox_ids=list(members.values_list("mailbox_id", flat=True)),
                 to=M.QUEUED,
                 actor=WORKER,
@@ -274,7 +273,7 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
             "mailbox__address",
             "pk",
             "mailbox_id",
-            "mailbox__status",
+            "mailbox_status",
             "attempts",
             "backend_status",
             "bytes_transferred",
@@ -320,7 +319,7 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
             changed.append((cohort_id, *new[:3], new[3] or error, attempts, now, new[4]))
     with transaction.atomic():
         for (target, reason), ids in moves.items():
-            mailboxes_transition(mailbox_ids=ids, to=target, actor=WORKER, reason=reason)
+            cohort_transition(mailbox_ids=ids, to=target, actor=WORKER, reason=reason)
         update_rows(CohortMailbox, PROGRESS_FIELDS, changed)
         MigrationBatch.objects.filter(pk=batch.pk).update(last_polled_at=now, last_error="")
     if retry:
@@ -348,7 +347,7 @@ def wave_awaiting_approval(wave: Wave) -> QuerySet[CohortMailbox]:
             consistency__in=CONSISTENCY_NEEDS_APPROVAL,
             skipped_items_approved_at=None,
         )
-        .exclude(mailbox__status=M.COMPLETED)
+        .exclude(mailbox_status=M.COMPLETED)
         .select_related("mailbox", "booking__organisation")
         .order_by("mailbox__address")
     )
@@ -359,13 +358,13 @@ def wave_finish_if_settled(wave: Wave) -> bool:
         unsettled = CohortMailbox.objects.filter(
             booking__wave=wave,
             active=True,
-            mailbox__status__in=MAILBOX_IN_FLIGHT | {M.SCHEDULED},
+            mailbox_status__in=MAILBOX_IN_FLIGHT | {M.SCHEDULED},
         ).exists()
         if unsettled or wave_awaiting_approval(wave).exists():
             return False
         outcome = dict(
             CohortMailbox.objects.filter(booking__wave=wave, active=True)
-            .values_list("mailbox__status")
+            .values_list("mailbox_status")
             .annotate(n=Count("pk"))
         )
         bookings_transition(
@@ -412,7 +411,7 @@ def mailbox_retry(
     (backend or get_backend()).start_batch(entry.batch.backend_ref)
     with transaction.atomic():
         CohortMailbox.objects.filter(pk=entry.pk).update(attempts=0, backend_status="")
-        mailboxes_transition(
+        cohort_transition(
             mailbox_ids=[mailbox.pk],
             to=M.QUEUED,
             actor=actor,
@@ -454,10 +453,10 @@ def mailbox_roll_back(
     entry = _cohort_entry(mailbox)
     (backend or get_backend()).remove_user(entry.batch.backend_ref, mailbox.address)
     with transaction.atomic():
-        CohortMailbox.objects.filter(pk=entry.pk).update(active=False)
-        mailboxes_transition(
+        cohort_transition(
             mailbox_ids=[mailbox.pk],
             to=M.ROLLED_BACK,
             actor=actor,
             reason=f"Rolled back: {reason.strip()}",
         )
+        CohortMailbox.objects.filter(pk=entry.pk).update(active=False)

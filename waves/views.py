@@ -22,6 +22,7 @@ from waves.selectors import (
     booking_queue as select_booking_queue,
 )
 from waves.selectors import (
+    booking_status_counts,
     bookings_for_organisations,
     wave_failures,
     wave_progress,
@@ -265,10 +266,7 @@ def _booking_in_scope(request: HttpRequest, public_id) -> Booking:
 @role_required(CENTRAL, LEAD)
 def booking_detail(request: HttpRequest, public_id) -> HttpResponse:
     booking = _booking_in_scope(request, public_id)
-    counts = booking.cohort.filter(active=True).values_list("mailbox__status").order_by()
-    by_status: dict[str, int] = {}
-    for (status,) in counts:
-        by_status[status] = by_status.get(status, 0) + 1
+    by_status = booking_status_counts(booking)
     context = {
         "booking": booking,
         "events": booking.events.order_by("at", "id"),

@@ -32,6 +32,23 @@ def test_every_role_lists_waves_with_capacity_used_and_free(
     assert listed["free_bytes"] == 985 * GB
 
 
+def test_a_waves_progress_follows_its_mailboxes_through_booking_approval_and_withdrawal(
+    client, alice, carol, wave, alice_booking
+):
+    def progress() -> dict:
+        body = signed_in(client, carol).get(f"/api/waves/{wave.public_id}/").json()["progress"]
+        return {row["status"]: row["count"] for row in body["by_status"]} | {
+            "bytes_total": body["bytes_total"]
+        }
+
+    assert progress() == {"booked": 30, "bytes_total": 15 * GB}
+    post_json(client, f"/api/bookings/{alice_booking.public_id}/approve/")
+    assert progress() == {"scheduled": 30, "bytes_total": 15 * GB}
+    signed_in(client, alice)
+    post_json(client, f"/api/bookings/{alice_booking.public_id}/withdraw/")
+    assert progress() == {"bytes_total": 0}
+
+
 def test_capacity_freed_by_a_withdrawn_booking_is_free_again(client, alice, wave, alice_booking):
     signed_in(client, alice)
     post_json(client, f"/api/bookings/{alice_booking.public_id}/withdraw/")
