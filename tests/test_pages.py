@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from mailboxes.models import Mailbox, MailboxEvent, MailboxStatus
-from tests.conftest import make_wave
+from tests.conftest import make_organisation, make_wave
 from waves.models import Booking, BookingStatus, Wave, WaveStatus
 from waves.services import booking_create
 
@@ -241,6 +241,23 @@ def test_wave_actions_refused_show_why(client, carol, wave):
     wave.refresh_from_db()
     assert wave.status == WaveStatus.OPEN
     assert client.post(reverse("waves:action", args=[wave.public_id, "explode"])).status_code == 404
+
+
+def test_the_wave_page_lists_its_bookings_a_page_at_a_time(client, carol, alice, wave):
+    names = [f"Practice {i:03d}" for i in range(53)]
+    for i, name in enumerate(names):
+        organisation = make_organisation(f"Y{i:03d}", name, lead=alice, mailboxes=1)
+        booking_create(wave=wave, organisation=organisation, actor=alice)
+    client.force_login(carol)
+    url = reverse("waves:detail", args=[wave.public_id])
+
+    first = client.get(url).content.decode()
+    assert "Bookings (53)" in first
+    assert [name for name in names if f">{name}</a>" in first] == names[:50]
+    assert 'aria-label="Page 2"' in first
+
+    second = client.get(url + "?page=2").content.decode()
+    assert [name for name in names if f">{name}</a>" in second] == names[50:]
 
 
 def test_helpdesk_search_finds_by_address_name_and_upn(client, dave, airedale):

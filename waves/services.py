@@ -14,6 +14,7 @@ from django_q.tasks import async_task
 
 from mailboxes.models import Mailbox, MailboxStatus, Organisation
 from mailboxes.services import mailboxes_transition
+from portal.lib.bulk import insert_rows
 from portal.lib.transitions import (
     Actor,
     TransitionNotAllowed,
@@ -307,17 +308,12 @@ def booking_create(
         ids = [pk for pk, _ in chosen]
         try:
             with transaction.atomic():
-                CohortMailbox.objects.bulk_create(
-                    [
-                        CohortMailbox(
-                            booking=booking,
-                            mailbox_id=pk,
-                            mailbox_status=MailboxStatus.BOOKED,
-                            size_bytes=size_bytes,
-                        )
-                        for pk, size_bytes in chosen
-                    ],
-                    batch_size=2000,
+                insert_rows(
+                    CohortMailbox,
+                    ["mailbox", "size_bytes"],
+                    chosen,
+                    booking=booking,
+                    mailbox_status=MailboxStatus.BOOKED,
                 )
         except IntegrityError:
             raise BookingRefused(

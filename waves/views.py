@@ -31,6 +31,7 @@ from waves.selectors import (
 )
 
 CHOOSABLE = 1000  # mailboxes listed to pick from; larger subsets go through the API
+BOOKINGS_PER_PAGE = 50
 CENTRAL = Role.CENTRAL_TEAM
 LEAD = Role.IT_LEAD
 WAVE_ACTIONS = {
@@ -76,7 +77,7 @@ def wave_create(request: HttpRequest) -> HttpResponse:
     return render(request, "waves/create.html", {"form": form}, status=400 if form.errors else 200)
 
 
-def _wave_detail_context(wave: Wave) -> dict:
+def _wave_detail_context(wave: Wave, bookings_page: str | None = None) -> dict:
     held = transfers.wave_awaiting_approval(wave)
     held_shown = list(held[:HELD_LISTED])
     return {
@@ -88,7 +89,12 @@ def _wave_detail_context(wave: Wave) -> dict:
         "active": wave.status in WAVE_ACTIVE,
         "actions": ACTIONS_BY_STATUS.get(wave.status, []),
         "can_preflight": wave.status in PREFLIGHT_STATUSES,
-        "bookings": wave.bookings.select_related("organisation").order_by("organisation__name"),
+        # A weekend wave has hundreds of bookings: a page of them at a time.
+        "page_obj": Paginator(
+            wave.bookings.select_related("organisation").order_by("organisation__name", "pk"),
+            BOOKINGS_PER_PAGE,
+        ).get_page(bookings_page),
+        "querystring": "",
         "batches": wave.batches.all(),
         "events": wave.events.order_by("-at", "-id")[:20],
     }
@@ -98,7 +104,7 @@ def _wave_detail_context(wave: Wave) -> dict:
 @role_required(CENTRAL)
 def wave_detail(request: HttpRequest, public_id) -> HttpResponse:
     wave = get_object_or_404(waves_with_capacity(), public_id=public_id)
-    context = _wave_detail_context(wave)
+    context = _wave_detail_context(wave, request.GET.get("page"))
     if not request.htmx:
         return render(request, "waves/detail.html", context)
     if request.GET.get("shown") != wave.status:

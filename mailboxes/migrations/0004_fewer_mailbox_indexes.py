@@ -3,14 +3,15 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-# Room on each page for the new version of a row, so that a status change, which touches no
-# indexed column, is a HOT update that writes no index entry (PostgreSQL only; docs/performance.md).
+# Room on each page for a new version of every row on it, so that a status change, which touches
+# no indexed column, is a HOT update that writes no index entry, even when one statement moves all
+# of an organisation's mailboxes at once (PostgreSQL only; see docs/performance.md).
 FILLFACTOR = "ALTER TABLE mailboxes_mailbox SET (fillfactor = {})"
 
 
 def leave_room(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(FILLFACTOR.format(70))
+        schema_editor.execute(FILLFACTOR.format(50))
 
 
 def pack_full(apps, schema_editor):

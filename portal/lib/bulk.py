@@ -1,8 +1,10 @@
-"""Update many rows, each with its own values, in a few statements.
+"""Write many rows, each with its own values, in a few statements.
 
 Django's `bulk_update` builds one CASE WHEN per column, whose cost grows with the square of
-the batch on SQLite. `UPDATE … FROM (VALUES …)` does the same work as one join, on PostgreSQL
-and on SQLite (3.33 and newer).
+the batch on SQLite. `UPDATE … FROM (VALUES …)` does the same work as one join, on SQLite
+(3.33 and newer); on PostgreSQL each column travels as one array and `unnest` makes the rows,
+so 80,000 rows are one statement with a handful of parameters. `insert_rows` does the same for
+`bulk_create`, whose cost at that size is mostly building model instances.
 """
 
 from collections.abc import Sequence
@@ -24,6 +26,20 @@ def update_rows(model: type[models.Model], fields: Sequence[str], rows: Sequence
     columns = [model._meta.get_field(name) for name in fields]
     names = [quote(field.column) for field in columns]
     postgres = connection.vendor == "postgresql"
+    if postgres:
+        arrays = [[row[0] for row in rows]] + [
+            [field.get_db_prep_save(row[i], connection) for row in rows]
+            for i, field in enumerate(columns, 1)
+        ]
+        types = [model._meta.pk.db_type(connection)] + [f.db_type(connection) for f in columns]
+        sets = ", ".join(f"{name} = v.{name}" for name in names)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET {sets} FROM {_unnest(types)} AS v({pk}, {', '.join(names)})"  # noqa: S608 - names are quoted model columns
+                f" WHERE {table}.{pk} = v.{pk}",
+                arrays,
+            )
+            return cursor.rowcount
     assignments = ", ".join(
         f"{name} = CAST(v.{name} AS {field.db_type(connection)})"
         if postgres
@@ -50,3 +66,46 @@ def update_rows(model: type[models.Model], fields: Sequence[str], rows: Sequence
             )
             updated += cursor.rowcount
     return updated
+
+
+def _unnest(types: Sequence[str]) -> str:
+    return "unnest(" + ", ".join(f"%s::{db_type}[]" for db_type in types) + ")"
+
+
+def insert_rows(
+    model: type[models.Model], fields: Sequence[str], rows: Sequence[Sequence], **same
+) -> None:
+    """Insert one row per entry of `rows` (values of `fields`); other fields from `same`, or
+    their defaults. No instances are built; on other databases than PostgreSQL, `bulk_create`."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        attnames = [model._meta.get_field(name).attname for name in fields]  # mailbox → mailbox_id
+        model.objects.bulk_create(
+            [model(**dict(zip(attnames, row, strict=True)), **same) for row in rows],
+            batch_size=2000,
+        )
+        return
+    quote = connection.ops.quote_name
+    template = model(**same)  # the defaults and the values every row shares
+    varying = [model._meta.get_field(name) for name in fields]
+    shared = [
+        field
+        for field in model._meta.concrete_fields
+        if not field.primary_key and field not in varying
+    ]
+    columns = ", ".join(quote(field.column) for field in [*varying, *shared])
+    shared_values = [
+        field.get_db_prep_save(getattr(template, field.attname), connection) for field in shared
+    ]
+    arrays = [
+        [field.get_db_prep_save(row[i], connection) for row in rows]
+        for i, field in enumerate(varying)
+    ]
+    select = ", ".join(["v.*", *["%s"] * len(shared)])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(model._meta.db_table)} ({columns})"  # noqa: S608 - quoted names
+            f" SELECT {select} FROM {_unnest([f.db_type(connection) for f in varying])} AS v",
+            [*shared_values, *arrays],
+        )
