@@ -218,7 +218,8 @@ def cohort_transition(
     """Move booked mailboxes (`mailboxes_transition`) and keep their cohort rows' copy in step.
 
     Every status change of a mailbox with an active cohort row goes through here, in the same
-    transaction, so the copy a wave counts by never disagrees with the mailbox.
+    transaction, so the copy a wave counts by never disagrees with the mailbox. (The poll,
+    `transfers.batch_poll`, writes the copy itself, together with each row's progress.)
     """
     with transaction.atomic():
         moved = mailboxes_transition(

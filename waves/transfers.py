@@ -30,6 +30,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from mailboxes.models import MAILBOX_IN_FLIGHT, MAILBOX_TRANSITIONS, Mailbox, MailboxStatus
+from mailboxes.services import mailboxes_transition
 from portal.lib.bulk import update_rows
 from portal.lib.transitions import Actor, TransitionNotAllowed
 from waves.backends import BackendError, MigrationBackend, get_backend, portal_status
@@ -315,12 +316,31 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
             user.error[:1000],
             user.consistency,
         )
-        if new != (seen, bytes_done, items_done, error, score) or row[4] != attempts:
-            changed.append((cohort_id, *new[:3], new[3] or error, attempts, now, new[4]))
+        if (
+            target != status
+            or new != (seen, bytes_done, items_done, error, score)
+            or row[4] != attempts
+        ):
+            changed.append(
+                (cohort_id, mailbox_id, status, (*new[:3], new[3] or error, attempts, now, new[4]))
+            )
     with transaction.atomic():
+        moved_to: dict[int, str] = {}
         for (target, reason), ids in moves.items():
-            cohort_transition(mailbox_ids=ids, to=target, actor=WORKER, reason=reason)
-        update_rows(CohortMailbox, PROGRESS_FIELDS, changed)
+            for mailbox_id in mailboxes_transition(
+                mailbox_ids=ids, to=target, actor=WORKER, reason=reason
+            ):
+                moved_to[mailbox_id] = target
+        # The cohort rows' copy of the status (see cohort_transition) is written with their
+        # progress, in one UPDATE: one new version of each row, which keeps the update HOT.
+        update_rows(
+            CohortMailbox,
+            [*PROGRESS_FIELDS, "mailbox_status"],
+            [
+                (cohort_id, *progress, moved_to.get(mailbox_id, status))
+                for cohort_id, mailbox_id, status, progress in changed
+            ],
+        )
         MigrationBatch.objects.filter(pk=batch.pk).update(last_polled_at=now, last_error="")
     if retry:
         backend.start_batch(batch.backend_ref)
