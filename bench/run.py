@@ -355,36 +355,6 @@ def autovacuum_is_off() -> bool:
         return cursor.fetchone()[0] == "off"
 
 
-def cluster(results: Results) -> None:
-    """--cluster: rewrite the mailbox table in (organisation, address) order, timed.
-
-    Stands in for an import that inserts in that order (see docs/performance.md): each
-    organisation's mailboxes then sit together on disk, so reading one organisation, one booking
-    or one wave touches a few thousand pages instead of most of the table.
-    """
-    from django.db import connection
-
-    from mailboxes.models import Mailbox
-
-    table = connection.ops.quote_name(Mailbox._meta.db_table)
-    started = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT indexrelid::regclass::text FROM pg_index"
-            " WHERE indrelid = %s::regclass AND pg_get_indexdef(indexrelid) LIKE %s",
-            [table, "%btree (organisation_id, address)"],
-        )
-        (index,) = cursor.fetchone()
-        cursor.execute("SET maintenance_work_mem = '512MB'")
-        cursor.execute(f"CLUSTER {table} USING {index}")
-    vacuum()
-    results.once(
-        "CLUSTER mailboxes by (organisation, address) (--cluster)",
-        time.perf_counter() - started,
-        note="stands in for importing in organisation order",
-    )
-
-
 def reset_run_state() -> None:
     """--skip-build: clear what a previous run added, keep organisations and mailboxes."""
     from django.apps import apps
@@ -1055,11 +1025,6 @@ def main(argv: list[str] | None = None) -> int:
         "--samples", type=int, default=200, help="look-ups and searches of each kind"
     )
     parser.add_argument("--repeats", type=int, default=10, help="requests timed per page")
-    parser.add_argument(
-        "--cluster",
-        action="store_true",
-        help="after the import, rewrite the mailbox table in organisation order (CLUSTER)",
-    )
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -1091,9 +1056,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         build(url, args, results)
         vacuum(results, label="VACUUM (ANALYZE) after the import")
-    if args.cluster:
-        log("Clustering the mailbox table by organisation")
-        cluster(results)
     total = Mailbox.objects.count()
     results.facts["mailboxes"] = total
 

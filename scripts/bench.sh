@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/test.sh --collect-only -q >/dev/null  # the same .venv as the tests
+# The same .venv as the tests; its set-up output only if it fails.
+if ! setup=$(bash scripts/test.sh --collect-only -q 2>&1); then
+  echo "$setup" >&2
+  exit 1
+fi
 export PORTAL_SECRET_KEY=${PORTAL_SECRET_KEY:-bench-only-secret-key}
 export PORTAL_HTTPS=${PORTAL_HTTPS:-false}
 exec .venv/bin/python -m bench "$@"

@@ -126,6 +126,10 @@ class WaveProgressSerializer(serializers.Serializer):
     percent_completed = serializers.FloatField()
     bytes_done = serializers.IntegerField()
     bytes_total = serializers.IntegerField()
+    awaiting_approval = serializers.IntegerField(
+        help_text="Moves Exchange graded Investigate or Poor, held until their skipped items "
+        "are approved on the wave page."
+    )
 
 
 class WaveDetailSerializer(WaveSerializer):

@@ -200,6 +200,10 @@ class DataConsistency(models.TextChoices):
 # Grades whose skipped items must be approved before the move completes (Microsoft: approval is
 # required for Investigate and Poor; Poor also calls for Microsoft support).
 CONSISTENCY_NEEDS_APPROVAL = {DataConsistency.INVESTIGATE, DataConsistency.POOR}
+# A cohort row whose move waits for its skipped items to be approved before it completes.
+AWAITING_APPROVAL = Q(
+    consistency__in=CONSISTENCY_NEEDS_APPROVAL, skipped_items_approved_at=None
+) & ~Q(mailbox_status=MailboxStatus.COMPLETED)
 CONSISTENCY_COLOURS = {
     DataConsistency.PERFECT: "green",
     DataConsistency.GOOD: "green",

@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from mailboxes.models import Mailbox, MailboxStatus, Organisation
 from waves.models import (
+    AWAITING_APPROVAL,
     BOOKING_ACTIVE,
     Booking,
     BookingStatus,
@@ -51,7 +52,8 @@ def wave_progress(wave: Wave) -> dict:
     """Counts of the wave's mailboxes by status, and the share settled (completed or failed).
 
     One pass over the wave's cohort rows (83,000 in a weekend wave), which carry a copy of each
-    mailbox's status and size, gives the counts and the bytes together, grouped by status.
+    mailbox's status and size, gives the counts, the bytes and how many moves wait for approval
+    of their skipped items, grouped by status.
     """
     rows = (
         CohortMailbox.objects.filter(booking__wave=wave, active=True)
@@ -60,15 +62,17 @@ def wave_progress(wave: Wave) -> dict:
             n=Count("pk"),
             done=Coalesce(Sum("bytes_transferred"), Value(0)),
             size=Coalesce(Sum("size_bytes"), Value(0)),
+            held=Count("pk", filter=AWAITING_APPROVAL),
         )
         .order_by()
     )
     counts: dict[str, int] = {}
-    bytes_done = bytes_total = 0
-    for status, n, done, size in rows:
+    bytes_done = bytes_total = awaiting_approval = 0
+    for status, n, done, size, held in rows:
         counts[status] = n
         bytes_done += done
         bytes_total += size
+        awaiting_approval += held
     total = sum(counts.values())
     completed = counts.get(MailboxStatus.COMPLETED, 0)
     failed = counts.get(MailboxStatus.FAILED, 0)
@@ -84,6 +88,7 @@ def wave_progress(wave: Wave) -> dict:
         "percent_completed": round(100 * completed / total, 1) if total else 0.0,
         "bytes_done": bytes_done,
         "bytes_total": bytes_total,
+        "awaiting_approval": awaiting_approval,
     }
 
 

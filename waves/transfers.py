@@ -35,6 +35,7 @@ from portal.lib.bulk import update_rows
 from portal.lib.transitions import Actor, TransitionNotAllowed
 from waves.backends import BackendError, MigrationBackend, get_backend, portal_status
 from waves.models import (
+    AWAITING_APPROVAL,
     CONSISTENCY_NEEDS_APPROVAL,
     WAVE_ACTIVE,
     BookingStatus,
@@ -361,13 +362,7 @@ def wave_awaiting_approval(wave: Wave) -> QuerySet[CohortMailbox]:
     (even one reported failed: an approval may let it go on).
     """
     return (
-        CohortMailbox.objects.filter(
-            booking__wave=wave,
-            active=True,
-            consistency__in=CONSISTENCY_NEEDS_APPROVAL,
-            skipped_items_approved_at=None,
-        )
-        .exclude(mailbox_status=M.COMPLETED)
+        CohortMailbox.objects.filter(AWAITING_APPROVAL, booking__wave=wave, active=True)
         .select_related("mailbox", "booking__organisation")
         .order_by("mailbox__address")
     )

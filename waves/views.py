@@ -78,14 +78,15 @@ def wave_create(request: HttpRequest) -> HttpResponse:
 
 
 def _wave_detail_context(wave: Wave, bookings_page: str | None = None) -> dict:
-    held = transfers.wave_awaiting_approval(wave)
-    held_shown = list(held[:HELD_LISTED])
+    progress = wave_progress(wave)
+    # The lists are read only when the counts say there is something to list.
+    held_count = progress["awaiting_approval"]
     return {
         "wave": wave,
-        "progress": wave_progress(wave),
-        "failures": wave_failures(wave),
-        "held": held_shown,
-        "held_count": held.count() if len(held_shown) == HELD_LISTED else len(held_shown),
+        "progress": progress,
+        "failures": wave_failures(wave) if progress["failed"] else [],
+        "held": transfers.wave_awaiting_approval(wave)[:HELD_LISTED] if held_count else [],
+        "held_count": held_count,
         "active": wave.status in WAVE_ACTIVE,
         "actions": ACTIONS_BY_STATUS.get(wave.status, []),
         "can_preflight": wave.status in PREFLIGHT_STATUSES,
@@ -367,6 +368,8 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         "bookable_count": bookable_count,
         "bookable_bytes": bookable_bytes or 0,
         "choosable": CHOOSABLE,
+        # Read once here, not once per checkbox (up to CHOOSABLE of them).
+        "ticked": {str(value) for value in form["mailboxes"].value() or []},
         "switch_url": reverse("waves:book", kwargs={"public_id": wave.public_id}),
     }
     return render(request, "waves/book.html", context, status=400 if form.errors else 200)

@@ -91,6 +91,7 @@ def test_the_central_team_sees_a_waves_progress(client, carol, wave, alice_booki
         "percent_completed": 0.0,
         "bytes_done": 0,
         "bytes_total": 15 * GB,
+        "awaiting_approval": 0,
     }
 
 

@@ -113,6 +113,8 @@ def test_a_held_move_keeps_the_wave_open_until_approved_through_the_wave_page(
         headers={"HX-Request": "true"},
     )
     assert "Waiting for approval of skipped items (2)" in partial.content.decode()
+    api = client.get(f"/api/waves/{wave.public_id}/").json()
+    assert api["progress"]["awaiting_approval"] == 2
 
     response = client.post(approve, follow=True)
     assert f"{HELD}: skipped items approved; its move can complete." in response.content.decode()
