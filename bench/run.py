@@ -621,11 +621,9 @@ def set_up_waves(results: Results, total: int) -> Cast:
     started = time.perf_counter()
     weekend = wave("Weekend 1", WaveKind.WEEKEND, 3, weekend_size)
     wave_open(wave=weekend, actor=central)
-    big_booking = None
     for pk in weekend_orgs:
         booking = booking_create(wave=weekend, organisation=organisations[pk], actor=other_leads)
         booking_approve(booking=booking, actor=central)
-        big_booking = big_booking or booking
     if partial:
         pk, need = partial
         ids = list(
@@ -638,6 +636,7 @@ def set_up_waves(results: Results, total: int) -> Cast:
         )
         booking_approve(booking=booking, actor=central)
     log(f"… {time.perf_counter() - started:.1f} s")
+    big_booking = weekend.bookings.order_by("-mailbox_count").first()
 
     weeknight = wave(
         "Weeknight 1", WaveKind.WEEKNIGHT, 4, max(cohort_size, round(WEEKNIGHT_WAVE * scale))
@@ -645,11 +644,19 @@ def set_up_waves(results: Results, total: int) -> Cast:
     weeknight_chosen = wave(
         "Weeknight 2", WaveKind.WEEKNIGHT, 5, max(cohort_size, round(WEEKNIGHT_WAVE * scale))
     )
+    # Scaled down, organisations shrink less than waves: each open wave holds its queued bookings.
+    queued = [0] * 12
+    for i, pk in enumerate(queue_orgs):
+        queued[i % 12] += sizes[pk]
     others = []
     for i in range(OTHER_WAVES):
         kind = WaveKind.WEEKEND if i % 5 == 4 else WaveKind.WEEKNIGHT
-        capacity = WEEKEND_WAVE if kind == WaveKind.WEEKEND else WEEKNIGHT_WAVE
-        others.append(wave(f"{kind.label} {i + 3}", kind, 6 + i, max(10, round(capacity * scale))))
+        capacity = max(
+            10, round((WEEKEND_WAVE if kind == WaveKind.WEEKEND else WEEKNIGHT_WAVE) * scale)
+        )
+        if i < 12:
+            capacity = max(capacity, queued[i])
+        others.append(wave(f"{kind.label} {i + 3}", kind, 6 + i, capacity))
     for made in [weeknight, weeknight_chosen, *others[:12]]:
         wave_open(wave=made, actor=central)
 
