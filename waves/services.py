@@ -262,18 +262,18 @@ def booking_create(
             wanted = set(mailbox_ids)
             if not wanted:
                 raise BookingRefused("Choose at least one mailbox to book.")
-            found = dict(candidates.filter(pk__in=wanted).values_list("pk", "status"))
+            found = list(candidates.filter(pk__in=wanted).values_list("pk", "status", "size_bytes"))
             if len(found) != len(wanted):
                 raise BookingRefused(
                     f"{len(wanted) - len(found)} of the chosen mailboxes do not belong to "
                     f"{organisation.name}."
                 )
-            taken = [pk for pk, status in found.items() if status not in BOOKABLE]
+            taken = [pk for pk, status, _ in found if status not in BOOKABLE]
             if taken:
                 raise BookingRefused(
                     f"{len(taken)} of the chosen mailboxes are already booked or migrated."
                 )
-            chosen = list(candidates.filter(pk__in=wanted).values_list("pk", "size_bytes"))
+            chosen = [(pk, size_bytes) for pk, _, size_bytes in found]
 
         count = len(chosen)
         size = sum(s for _, s in chosen)
