@@ -19,11 +19,10 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from mailboxes.importing import (
-    MAX_UPLOAD_BYTES,
-    UPLOAD_OVERHEAD_BYTES,
     UPLOAD_TOO_LARGE,
     import_file_name,
     import_run_start,
+    upload_declared_too_large,
     upload_problem,
     upload_save,
 )
@@ -305,9 +304,7 @@ class ImportRunViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, views
     def initial(self, request, *args, **kwargs):
         # Before the body is read (sign-in reads it, for the CSRF token): a file too large is
         # refused without spooling it to disk first.
-        declared = request.META.get("CONTENT_LENGTH") or "0"
-        too_large = MAX_UPLOAD_BYTES + UPLOAD_OVERHEAD_BYTES
-        if request.method == "POST" and declared.isdigit() and int(declared) > too_large:
+        if request.method == "POST" and upload_declared_too_large(request.META):
             raise UploadTooLarge()
         super().initial(request, *args, **kwargs)
 

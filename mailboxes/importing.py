@@ -1358,6 +1358,13 @@ def upload_dir() -> Path:
     return Path(configured) if configured else Path(settings.BASE_DIR) / "var" / "imports"
 
 
+def upload_declared_too_large(meta) -> bool:
+    """Whether a request's declared length is more than an upload may be, checked before its
+    body is read (Django would otherwise spool all of it to disk first)."""
+    declared = meta.get("CONTENT_LENGTH") or "0"
+    return declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + UPLOAD_OVERHEAD_BYTES
+
+
 def upload_problem(uploaded) -> str | None:
     """Why an uploaded file cannot be queued for import, in the words to show; None if it can.
 

@@ -7,11 +7,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from mailboxes.forms import ImportForm, MailboxFilterForm
 from mailboxes.importing import (
-    MAX_UPLOAD_BYTES,
-    UPLOAD_OVERHEAD_BYTES,
     UPLOAD_TOO_LARGE,
     import_file_name,
     import_run_start,
+    upload_declared_too_large,
     upload_save,
 )
 from mailboxes.models import MAILBOX_STATUS_COLOURS, ImportRun, ImportStatus, MailboxStatus
@@ -88,9 +87,7 @@ PROBLEMS_PER_PAGE = 100
 def import_list(request: HttpRequest) -> HttpResponse:
     """Recent imports, and the form to upload a file and start one."""
     if request.method == "POST":
-        declared = request.META.get("CONTENT_LENGTH") or "0"
-        if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + UPLOAD_OVERHEAD_BYTES:
-            # Refused before the body is read: Django would spool all of it to disk first.
+        if upload_declared_too_large(request.META):
             form = ImportForm()
             form.refuse_file(UPLOAD_TOO_LARGE)
             return _import_list_page(request, form, status=400)

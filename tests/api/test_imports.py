@@ -266,7 +266,7 @@ def test_a_file_over_the_limit_is_refused(client, carol, upload_dir, monkeypatch
 def test_a_request_over_the_limit_is_refused_before_its_body_is_read(
     client, carol, upload_dir, monkeypatch
 ):
-    monkeypatch.setattr("mailboxes.api.MAX_UPLOAD_BYTES", 100)
+    monkeypatch.setattr(importing, "MAX_UPLOAD_BYTES", 100)
 
     response = post_upload(
         signed_in(client, carol),

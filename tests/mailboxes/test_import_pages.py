@@ -355,7 +355,7 @@ def test_a_file_over_the_limit_is_refused(client, carol, upload_dir, monkeypatch
 def test_a_request_over_the_limit_is_refused_before_its_body_is_read(
     client, carol, upload_dir, monkeypatch
 ):
-    monkeypatch.setattr("mailboxes.views.MAX_UPLOAD_BYTES", 100)
+    monkeypatch.setattr(importing, "MAX_UPLOAD_BYTES", 100)
     signed_in = client_for(client, carol)
     big = csv_file("big.csv", HEADER + GOOD_ROW * 2000)  # about 160 KB with the form
 
