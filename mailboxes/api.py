@@ -20,7 +20,6 @@ from rest_framework.response import Response
 
 from mailboxes.importing import (
     UPLOAD_TOO_LARGE,
-    import_file_name,
     import_run_start,
     upload_declared_too_large,
     upload_problem,
@@ -195,7 +194,7 @@ class ImportRunSerializer(serializers.ModelSerializer):
     page = serializers.SerializerMethodField(help_text="This import's page in the portal.")
     kind = ChoicesField(ImportKind, read_only=True)
     status = ChoicesField(ImportStatus, read_only=True)
-    file_name = serializers.SerializerMethodField()
+    file_name = serializers.CharField(read_only=True, help_text="The file's name, as uploaded.")
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     percent_done = serializers.IntegerField(
         read_only=True,
@@ -243,9 +242,6 @@ class ImportRunSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.URI)
     def get_page(self, run: ImportRun) -> str:
         return self._absolute(reverse("mailboxes:import_detail", args=[run.pk]))
-
-    def get_file_name(self, run: ImportRun) -> str:
-        return import_file_name(run)
 
     def _absolute(self, path: str) -> str:
         request = self.context.get("request")

@@ -1420,11 +1420,6 @@ def upload_forget(path: str) -> None:
         logger.warning("Could not delete the uploaded file %s", path, exc_info=True)
 
 
-def import_file_name(run: ImportRun) -> str:
-    """The name of the run's file, as uploaded or given."""
-    return Path(run.path).name
-
-
 # In the background ------------------------------------------------------------------------------
 
 IMPORTERS: dict[str, Callable[..., ImportReport]] = {

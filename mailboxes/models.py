@@ -1,3 +1,5 @@
+from pathlib import PurePath
+
 from django.conf import settings
 from django.db import models
 
@@ -157,6 +159,15 @@ class ImportStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+IMPORT_STATUS_COLOURS = {
+    ImportStatus.QUEUED: "grey",
+    ImportStatus.RUNNING: "blue",
+    ImportStatus.DONE: "green",
+    ImportStatus.REFUSED: "red",
+    ImportStatus.FAILED: "red",
+}
+
+
 class ImportRun(models.Model):
     """One bulk import of a CSV file in the background: its progress while it runs, then its report.
 
@@ -201,6 +212,15 @@ class ImportRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} import {self.pk} ({self.status})"
+
+    @property
+    def file_name(self) -> str:
+        """The name of the file, as uploaded or given."""
+        return PurePath(self.path).name
+
+    @property
+    def status_colour(self) -> str:
+        return IMPORT_STATUS_COLOURS[self.status]
 
     @property
     def percent_done(self) -> int | None:

@@ -8,7 +8,6 @@ from django.views.decorators.http import require_GET, require_http_methods
 from mailboxes.forms import ImportForm, MailboxFilterForm
 from mailboxes.importing import (
     UPLOAD_TOO_LARGE,
-    import_file_name,
     import_run_start,
     upload_declared_too_large,
     upload_save,
@@ -69,13 +68,6 @@ def mailbox_list(request: HttpRequest) -> HttpResponse:
 # Imports, for the central team ------------------------------------------------------------------
 
 CENTRAL = Role.CENTRAL_TEAM
-IMPORT_STATUS_COLOURS = {
-    ImportStatus.QUEUED: "grey",
-    ImportStatus.RUNNING: "blue",
-    ImportStatus.DONE: "green",
-    ImportStatus.REFUSED: "red",
-    ImportStatus.FAILED: "red",
-}
 IMPORT_FINISHED = {ImportStatus.DONE, ImportStatus.REFUSED, ImportStatus.FAILED}
 IMPORTS_LISTED = 25
 PROBLEMS_PER_PAGE = 100
@@ -117,9 +109,6 @@ def _import_upload(request: HttpRequest) -> HttpResponse:
 
 def _import_list_page(request: HttpRequest, form: ImportForm, *, status: int = 200):
     runs = list(ImportRun.objects.select_related("created_by")[:IMPORTS_LISTED])
-    for run in runs:
-        run.file_name = import_file_name(run)
-        run.status_colour = IMPORT_STATUS_COLOURS[run.status]
     context = {"form": form, "runs": runs}
     return render(request, "mailboxes/imports.html", context, status=status)
 
@@ -129,8 +118,6 @@ def _import_list_page(request: HttpRequest, form: ImportForm, *, status: int = 2
 def import_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One import: its progress while it runs (polled by htmx), then its report."""
     run = get_object_or_404(ImportRun.objects.select_related("created_by"), pk=pk)
-    run.file_name = import_file_name(run)
-    run.status_colour = IMPORT_STATUS_COLOURS[run.status]
     finished = run.status in IMPORT_FINISHED
     problems = Paginator(run.problems, PROBLEMS_PER_PAGE).get_page(request.GET.get("page"))
     counts = [
