@@ -1,6 +1,8 @@
 """GET /api/lookup/?q=: the helpdesk's search as you type, across every organisation."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.api.conftest import signed_in
 
@@ -54,3 +56,32 @@ def test_a_query_longer_than_an_address_is_a_field_error(client, dave):
     response = signed_in(client, dave).get("/api/lookup/", {"q": "x" * 255})
     assert response.status_code == 400
     assert "q" in response.json()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only: collations")
+def test_an_address_prefix_is_read_in_order_from_the_unique_index(client, dave, airedale):
+    """Collation "C" (migration 0005): the unique index serves the prefix as a range, in order,
+    so the first 20 of 160,000 matches need no sort; no second pattern index is kept."""
+    with CaptureQueriesContext(connection) as queries:
+        found(signed_in(client, dave), "user0001")
+    prefix_query = next(q["sql"] for q in queries if "LIKE 'user0001%'" in q["sql"])
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN {prefix_query}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute(
+            "SELECT attname, collname FROM pg_attribute a JOIN pg_collation c"
+            " ON c.oid = a.attcollation WHERE attrelid = 'mailboxes_mailbox'::regclass"
+            " AND attname IN ('address', 'upn') ORDER BY attname"
+        )
+        collations = cursor.fetchall()
+        cursor.execute(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'mailboxes_mailbox'"
+            " AND indexdef LIKE '%%pattern_ops%%'"
+        )
+        (pattern_indexes,) = cursor.fetchone()
+
+    assert collations == [("address", "C"), ("upn", "C")]
+    assert pattern_indexes == 0
+    assert "Index Cond: (((address)::text >= 'user0001'::text)" in plan, plan
+    assert "Sort" not in plan, plan
