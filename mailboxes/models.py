@@ -130,8 +130,15 @@ class MailboxEvent(models.Model):
         Mailbox, on_delete=models.CASCADE, related_name="events", db_index=False
     )
     at = models.DateTimeField()
+    # No index: only deleting a user looks events up by actor, while every one of millions of
+    # status changes would write an entry.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     actor_label = models.CharField(max_length=150, help_text="Who, in words: a name or 'worker'.")
     from_status = models.CharField(max_length=20, choices=MailboxStatus.choices, blank=True)

@@ -247,8 +247,14 @@ class CohortMailbox(models.Model):
     )
     # Investigate or Poor: the move waits for the central team to approve its skipped items.
     skipped_items_approved_at = models.DateTimeField(null=True, blank=True)
+    # No index: only deleting a user looks rows up by it (see MailboxEvent.actor).
     skipped_items_approved_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
 
     class Meta:
@@ -258,7 +264,14 @@ class CohortMailbox(models.Model):
             ),
             models.UniqueConstraint(fields=["booking", "mailbox"], name="mailbox_once_per_booking"),
         ]
-        indexes = [models.Index(fields=["batch", "mailbox"])]
+        # A batch's members; rows not yet in a batch (every row, when booked) are left out.
+        indexes = [
+            models.Index(
+                fields=["batch", "mailbox"],
+                condition=Q(batch__isnull=False),
+                name="cohort_batch_members",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.mailbox_id} in booking {self.booking_id}"
