@@ -66,8 +66,8 @@ MAILBOX_TRANSITIONS: dict[str, set[str]] = {
     S.BOOKED: {S.NOT_SCHEDULED, S.ROLLED_BACK},
     S.NOT_SCHEDULED: {S.BOOKED, S.SCHEDULED},  # booking rejected or withdrawn
     S.SCHEDULED: {S.BOOKED},  # booking approved
-    # submitted, retried, resumed
-    S.QUEUED: {S.SCHEDULED, S.FAILED, S.SYNCING, S.SYNCED, S.STOPPED},
+    # submitted, retried (from queued too: an attempt that failed before it began), resumed
+    S.QUEUED: {S.SCHEDULED, S.QUEUED, S.FAILED, S.SYNCING, S.SYNCED, S.STOPPED},
     S.SYNCING: {S.QUEUED, S.SYNCED, S.STOPPED, S.FAILED},
     S.SYNCED: {S.QUEUED, S.SYNCING, S.STOPPED, S.FAILED},
     S.COMPLETING: {S.QUEUED, S.SYNCING, S.SYNCED, S.FAILED},

@@ -296,10 +296,11 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
         target = portal_status(user.status)
         reported = user.status
         reason = f"Migration service reports {user.status}"
+        retrying = False
         if target == M.FAILED and not (seen and portal_status(seen) == M.FAILED):
             attempts += 1
             if attempts < settings.MAILBOX_MAX_ATTEMPTS:
-                target, retry = M.QUEUED, True
+                target, retry, retrying = M.QUEUED, True, True
                 # The retry leaves this failure behind: forget it, so that a failure of the
                 # retry itself is counted, even if no poll sees the user between the two.
                 reported = ""
@@ -308,7 +309,8 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
                 reason = f"Failed after {attempts} attempt{pluralize(attempts)}: {user.error}"
         elif target == M.FAILED:
             target = status  # still failed from a retry not yet picked up: nothing new
-        if target != status:
+        # A retry is recorded even when the attempt failed before the mailbox left the queue.
+        if target != status or retrying:
             moves[(target, reason)].append(mailbox_id)
         new = (
             reported,

@@ -183,6 +183,14 @@ def test_failed_mailboxes_are_retried_then_flagged_as_needing_attention(
         "TransientException: the source server did not respond in time."
     }
     assert set(flagged.values_list("actor_label", flat=True)) == {"Migration worker"}
+    # Every failed attempt is on the timeline, those that failed before leaving the queue too.
+    retried = MailboxEvent.objects.filter(mailbox_id__in=ids, reason__contains="retrying")
+    assert retried.count() == 102 * (max_attempts - 1)
+    assert set(retried.values_list("reason", flat=True)) == {
+        f"Attempt {attempt} of {max_attempts} failed, retrying: "
+        "TransientException: the source server did not respond in time."
+        for attempt in range(1, max_attempts)
+    }
     assert_migration_histories(ids)
     assert set(wave.bookings.values_list("status", flat=True)) == {BookingStatus.DONE}
 
