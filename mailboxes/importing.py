@@ -68,6 +68,9 @@ PROBLEMS_SHOWN = 1_000  # printed by the commands and stored on an ImportRun
 PROGRESS_EVERY = 20_000  # rows between progress reports
 SQLITE_CHUNK = 2_000  # rows per bulk_create: below SQLite's limit on query parameters
 TASK_TIMEOUT = 3 * 60 * 60  # seconds; a full national file takes minutes, not hours
+# The class of the advisory lock a worker holds on PostgreSQL while it runs an import, keyed
+# (IMPORT_RUN_LOCK, run id); no other lock in the portal uses it.
+IMPORT_RUN_LOCK = 7301
 MAX_BIGINT = 2**63 - 1
 VALUE_SHOWN = 100  # characters of a bad value repeated in the report
 
@@ -1454,17 +1457,52 @@ def import_run_start(*, kind: str, path: str, skip_bad_rows: bool, created_by) -
 def import_run_execute(import_run_id: int) -> str:
     """Run a queued import once: claim it, import the file, record the report.
 
-    A run that another worker has claimed, or that has finished, is left alone, so a task that
-    is delivered twice imports once. An uploaded file is deleted when its run has finished.
-    Returns the run's status.
+    A run that another worker is running, or that has finished, is left alone, so a task that
+    is delivered twice imports once; one whose worker stopped mid-import is run again when the
+    task queue delivers it again (on PostgreSQL). An uploaded file is deleted when its run has
+    finished. Returns the run's status.
     """
     claimed = ImportRun.objects.filter(pk=import_run_id, status=ImportStatus.QUEUED).update(
         status=ImportStatus.RUNNING, started_at=timezone.now()
     )
     run = ImportRun.objects.get(pk=import_run_id)
-    if claimed != 1:
+    # A running run whose worker holds no lock on it was left by a worker that stopped: its
+    # import rolled back, so it is run again (PostgreSQL only: SQLite has no such locks).
+    resumable = run.status == ImportStatus.RUNNING and connection.vendor == "postgresql"
+    if claimed != 1 and not resumable:
         logger.info("Import run %s is %s: not run again", run.pk, run.status)
         return run.status
+    if not _run_lock(run.pk):
+        logger.info("Import run %s is running on another worker: not run again", run.pk)
+        return run.status
+    try:
+        if claimed != 1:
+            logger.warning(
+                "Import run %s was left by a worker that stopped: running it again", run.pk
+            )
+            ImportRun.objects.filter(pk=run.pk).update(started_at=timezone.now(), rows_read=0)
+        return _import_run_import(run)
+    finally:
+        _run_unlock(run.pk)
+
+
+def _run_lock(run_id: int) -> bool:
+    """Hold the run's advisory lock for as long as this worker's session lasts, or until
+    `_run_unlock`; False if another session holds it. Always True on SQLite."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IMPORT_RUN_LOCK, run_id])
+        return cursor.fetchone()[0]
+
+
+def _run_unlock(run_id: int) -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [IMPORT_RUN_LOCK, run_id])
+
+
+def _import_run_import(run: ImportRun) -> str:
     progress = _ProgressWriter(run.pk)
     try:
         ImportRun.objects.filter(pk=run.pk).update(rows_total=estimate_rows(run.path))

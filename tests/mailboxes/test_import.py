@@ -3,6 +3,7 @@
 Each refused file must change nothing: the tests compare every mailbox's fields before and after.
 """
 
+from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
 
@@ -580,11 +581,60 @@ def test_the_task_does_not_run_an_import_twice(carol, organisations):
     assert run_import(run.pk) == ImportStatus.DONE
 
     assert Mailbox.objects.count() == 5  # not imported again
-    running = ImportRun.objects.create(
+
+
+@contextmanager
+def another_worker_running(run: ImportRun):
+    """A worker elsewhere, in the middle of the run: on PostgreSQL it holds the run's lock."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    worker = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        with worker.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", [importing.IMPORT_RUN_LOCK, run.pk])
+        yield
+    finally:
+        worker.close()
+
+
+def test_the_task_leaves_a_run_another_worker_is_running(organisations):
+    run = ImportRun.objects.create(
         kind=ImportKind.MAILBOXES, path=str(DATA / "mailboxes.csv"), status=ImportStatus.RUNNING
     )
-    assert run_import(running.pk) == ImportStatus.RUNNING
-    assert Mailbox.objects.count() == 5
+
+    with another_worker_running(run):
+        assert run_import(run.pk) == ImportStatus.RUNNING
+
+    assert Mailbox.objects.count() == 0
+    run.refresh_from_db()
+    assert run.status == ImportStatus.RUNNING
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only: advisory locks")
+def test_the_task_runs_again_a_run_whose_worker_stopped(organisations, caplog):
+    """Its worker claimed it and died mid-import: the import rolled back and the run's lock went
+    with the worker's session. The task queue delivers the task again."""
+    run = ImportRun.objects.create(
+        kind=ImportKind.MAILBOXES,
+        path=str(DATA / "mailboxes.csv"),
+        status=ImportStatus.RUNNING,
+        rows_read=4,
+    )
+
+    with caplog.at_level("WARNING", logger="mailboxes.importing"):
+        assert run_import(run.pk) == ImportStatus.DONE
+
+    assert f"Import run {run.pk} was left by a worker that stopped" in caplog.text
+    run.refresh_from_db()
+    assert (run.status, run.rows_read, run.created) == (ImportStatus.DONE, 6, 6)
+    assert Mailbox.objects.count() == 6
+    with connection.cursor() as cursor:  # the lock is let go
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+            [importing.IMPORT_RUN_LOCK],
+        )
+        assert cursor.fetchone()[0] == 0
 
 
 def test_the_task_records_a_refusal_with_its_problems(carol, organisations, tmp_path):
