@@ -2,6 +2,7 @@
 
 import re
 
+from django.db import connection
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
@@ -139,15 +140,19 @@ def mailbox_search(query: str, *, limit: int = SEARCH_LIMIT) -> list[Mailbox]:
 def _prefix_matches(mailboxes: QuerySet[Mailbox], field: str, prefix: str, limit: int):
     """The first `limit` mailboxes whose `field` starts with `prefix`, in code-point order.
 
-    The prefix is also asked for as the range [prefix, next prefix), which the field's unique
-    index serves in byte order on both databases (on PostgreSQL the column's collation is "C",
-    migration 0005; SQLite compares bytes): the first rows of a prefix shared by 100,000
-    mailboxes are read from the index without a sort. The LIKE is kept as the check.
+    Read in order from the field's unique index, so the first rows of a prefix shared by 100,000
+    mailboxes come without a sort. On PostgreSQL the column's collation is "C" (migration 0005),
+    so the index serves LIKE 'prefix%' as a range itself (a second, explicit range would only
+    spoil the planner's estimate of how many rows match). SQLite's LIKE ignores case and uses no
+    index: there the prefix is also asked for as the range [prefix, next prefix), which its
+    index serves in byte order; the LIKE is kept as the check.
     """
-    mailboxes = mailboxes.filter(**{f"{field}__startswith": prefix, f"{field}__gte": prefix})
-    upper = _after_prefix(prefix)
-    if upper is not None:
-        mailboxes = mailboxes.filter(**{f"{field}__lt": upper})
+    mailboxes = mailboxes.filter(**{f"{field}__startswith": prefix})
+    if connection.vendor != "postgresql":
+        mailboxes = mailboxes.filter(**{f"{field}__gte": prefix})
+        upper = _after_prefix(prefix)
+        if upper is not None:
+            mailboxes = mailboxes.filter(**{f"{field}__lt": upper})
     return list(mailboxes.order_by(field)[:limit])
 
 
