@@ -110,8 +110,8 @@ def mailbox_search(query: str, *, limit: int = SEARCH_LIMIT) -> list[Mailbox]:
     3. the same for UPNs: each read in order from an index, so a prefix shared by 100,000
        mailboxes costs no more than a rare one;
     4. up to `limit` mailboxes whose display name holds every word of the query (3 characters
-       or more; not for a query with "@"), taken in (organisation, address) order, which the
-       planner can walk without sorting, and shown by name.
+       or more; not for a query with "@"): the first the database finds, in no order asked for
+       (ordering all 30,000 matches of "nie" to take 20 cost 125 ms), shown by name.
     Results keep that order, without repeats, up to `limit`.
     """
     query = query.strip()
@@ -128,9 +128,7 @@ def mailbox_search(query: str, *, limit: int = SEARCH_LIMIT) -> list[Mailbox]:
             found.setdefault(mailbox.pk, mailbox)
     words = _name_words(query)
     if words and len(found) < limit:
-        by_name = list(
-            mailboxes.filter(_name_q(words)).order_by("organisation_id", "address")[:limit]
-        )
+        by_name = list(mailboxes.filter(_name_q(words)).order_by()[:limit])
         by_name.sort(key=lambda m: (m.display_name.lower(), m.address))
         for mailbox in by_name:
             found.setdefault(mailbox.pk, mailbox)
