@@ -1,5 +1,6 @@
 """Every HTML page: who may see it, whose data it shows, and what bad input gets."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -308,3 +309,42 @@ def test_page_query_counts_do_not_grow_with_rows(
     Mailbox.objects.filter(organisation__code="X1").update(organisation=airedale)
     with django_assert_max_num_queries(12):
         client.get(reverse("mailboxes:list"))
+
+
+def listed_checkboxes(response) -> list[str]:
+    return re.findall(r'name="mailboxes" type="checkbox" value="(\d+)"', response.content.decode())
+
+
+def test_a_lead_finds_the_mailboxes_to_choose_from_and_books_them(client, alice, airedale, wave):
+    client.force_login(alice)
+    url = reverse("waves:book", args=[wave.public_id])
+
+    response = client.get(url, {"organisation": "RCF", "q": "user0001"})
+
+    found = Mailbox.objects.filter(address__startswith="user0001", organisation=airedale)
+    assert sorted(listed_checkboxes(response)) == sorted(
+        str(pk) for pk in found.values_list("pk", flat=True)
+    )
+    assert len(listed_checkboxes(response)) == 10
+    assert "10 found for “user0001”" in response.content.decode()
+    assert 'name="q" value="user0001"' in response.content.decode()
+    chosen = [str(pk) for pk in found.values_list("pk", flat=True)[:3]]
+    response = client.post(
+        url, {"organisation": "RCF", "q": "user0001", "cohort": "chosen", "mailboxes": chosen}
+    )
+    assert response.status_code == 302
+    assert Booking.objects.get().mailbox_count == 3
+
+
+def test_finding_mailboxes_never_lists_another_organisations(
+    client, alice, airedale, bradford, wave
+):
+    client.force_login(alice)
+    url = reverse("waves:book", args=[wave.public_id])
+
+    response = client.get(url, {"organisation": "RCF", "q": "B83001"})  # Bradford's names
+
+    assert response.status_code == 200
+    assert listed_checkboxes(response) == []
+    assert "No mailbox not yet booked matches “B83001”." in response.content.decode()
+    assert client.get(url, {"organisation": "B83001", "q": "user"}).status_code == 404

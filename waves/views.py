@@ -12,7 +12,12 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from mailboxes.models import MAILBOX_STATUS_COLOURS, Mailbox, MailboxStatus
-from mailboxes.selectors import mailboxes_for, organisation_for, organisations_for
+from mailboxes.selectors import (
+    mailbox_search_q,
+    mailboxes_for,
+    organisation_for,
+    organisations_for,
+)
 from portal.auth import Role, role_of, role_required
 from portal.lib.transitions import TransitionNotAllowed
 from portal.templatetags.portal_format import gb
@@ -361,10 +366,13 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
     bookable_count, bookable_bytes = bookable_mailboxes.aggregate(
         n=Count("pk"), b=Sum("size_bytes")
     ).values()
+    # The list to choose from, narrowed by the filter box as the IT lead's mailbox list is.
+    search = (request.POST.get("q") or request.GET.get("q") or "").strip()[:254]
+    listed = bookable_mailboxes.filter(mailbox_search_q(search)) if search else bookable_mailboxes
     bookable = list(
-        bookable_mailboxes.only("address", "display_name", "size_bytes", "recipient_type").order_by(
-            "address"
-        )[:CHOOSABLE]
+        listed.only("address", "display_name", "size_bytes", "recipient_type").order_by("address")[
+            :CHOOSABLE
+        ]
     )
     form = BookingForm(
         request.POST or None,
@@ -398,6 +406,8 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         "bookable_bytes": bookable_bytes or 0,
         "choosable": CHOOSABLE,
         "checkboxes": _mailbox_checkboxes(bookable, form["mailboxes"].value()),
+        "search": search,
+        "matching": listed.count() if search else bookable_count,
         "switch_url": reverse("waves:book", kwargs={"public_id": wave.public_id}),
     }
     return render(request, "waves/book.html", context, status=400 if form.errors else 200)
