@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from django.db import connection, models
 
-from portal.lib.transitions import chunked
+from portal.lib.transitions import CHUNK, chunked
 
 MAX_PARAMS = 30_000  # below PostgreSQL's 65,535 and recent SQLite's 32,766
 
@@ -25,8 +25,7 @@ def update_rows(model: type[models.Model], fields: Sequence[str], rows: Sequence
     pk = quote(model._meta.pk.column)
     columns = [model._meta.get_field(name) for name in fields]
     names = [quote(field.column) for field in columns]
-    postgres = connection.vendor == "postgresql"
-    if postgres:
+    if connection.vendor == "postgresql":
         arrays = [[row[0] for row in rows]] + [
             _prepared(field, [row[i] for row in rows]) for i, field in enumerate(columns, 1)
         ]
@@ -39,12 +38,7 @@ def update_rows(model: type[models.Model], fields: Sequence[str], rows: Sequence
                 arrays,
             )
             return cursor.rowcount
-    assignments = ", ".join(
-        f"{name} = CAST(v.{name} AS {field.db_type(connection)})"
-        if postgres
-        else f"{name} = v.{name}"
-        for name, field in zip(names, columns, strict=True)
-    )
+    assignments = ", ".join(f"{name} = v.{name}" for name in names)
     limit = min(connection.features.max_query_params or MAX_PARAMS, MAX_PARAMS)
     per_chunk = max(1, limit // (len(fields) + 1))
     placeholder = "(" + ", ".join(["%s"] * (len(fields) + 1)) + ")"
@@ -101,7 +95,7 @@ def insert_rows(
         attnames = [model._meta.get_field(name).attname for name in fields]  # mailbox → mailbox_id
         model.objects.bulk_create(
             [model(**dict(zip(attnames, row, strict=True)), **same) for row in rows],
-            batch_size=2000,
+            batch_size=CHUNK,
         )
         return
     quote = connection.ops.quote_name
