@@ -348,3 +348,27 @@ def test_finding_mailboxes_never_lists_another_organisations(
     assert listed_checkboxes(response) == []
     assert "No mailbox not yet booked matches “B83001”." in response.content.decode()
     assert client.get(url, {"organisation": "B83001", "q": "user"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("q", "message"),
+    [
+        ("ab\x00cd", "Null characters are not allowed."),
+        ("x" * 101, "Enter 100 characters or fewer"),
+    ],
+    ids=["NUL", "too long"],
+)
+def test_a_filter_the_page_cannot_use_is_refused_with_a_reason(
+    client, alice, airedale, wave, q, message
+):
+    client.force_login(alice)
+    url = reverse("waves:book", args=[wave.public_id])
+
+    response = client.get(url, {"organisation": "RCF", "q": q})
+
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert len(listed_checkboxes(response)) == 30  # unfiltered
+    response = client.post(url, {"organisation": "RCF", "q": q, "cohort": "all"})
+    assert response.status_code == 302  # the filter does not stop a booking of every mailbox
+    assert Booking.objects.get().mailbox_count == 30

@@ -16,6 +16,16 @@ class UKDateTimeField(forms.DateTimeField):
         )
 
 
+class MailboxFindForm(forms.Form):
+    """The booking page's filter box: which of the organisation's mailboxes to list."""
+
+    q = forms.CharField(
+        required=False,
+        max_length=100,
+        error_messages={"max_length": "Enter 100 characters or fewer to find mailboxes"},
+    )
+
+
 class WaveForm(NHSFormMixin, forms.Form):
     name = forms.CharField(max_length=100)
     kind = forms.ChoiceField(label="Type of wave", choices=WaveKind.choices)

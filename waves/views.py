@@ -23,7 +23,7 @@ from portal.lib.transitions import TransitionNotAllowed
 from portal.templatetags.portal_format import gb
 from waves import preflight, services, transfers
 from waves.backends import BackendError
-from waves.forms import BookingForm, ReasonForm, RejectForm, WaveForm
+from waves.forms import BookingForm, MailboxFindForm, ReasonForm, RejectForm, WaveForm
 from waves.models import WAVE_ACTIVE, Booking, BookingStatus, CohortMailbox, Wave, WaveStatus
 from waves.selectors import (
     booking_queue as select_booking_queue,
@@ -367,7 +367,8 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         n=Count("pk"), b=Sum("size_bytes")
     ).values()
     # The list to choose from, narrowed by the filter box as the IT lead's mailbox list is.
-    search = (request.POST.get("q") or request.GET.get("q") or "").strip()[:254]
+    find = MailboxFindForm(request.POST if request.method == "POST" else request.GET)
+    search = find.cleaned_data["q"] if find.is_valid() else ""
     listed = bookable_mailboxes.filter(mailbox_search_q(search)) if search else bookable_mailboxes
     bookable = list(
         listed.only("address", "display_name", "size_bytes", "recipient_type").order_by("address")[
@@ -407,7 +408,9 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         "choosable": CHOOSABLE,
         "checkboxes": _mailbox_checkboxes(bookable, form["mailboxes"].value()),
         "search": search,
+        "find": find,
         "matching": listed.count() if search else bookable_count,
         "switch_url": reverse("waves:book", kwargs={"public_id": wave.public_id}),
     }
-    return render(request, "waves/book.html", context, status=400 if form.errors else 200)
+    status = 400 if form.errors or find.errors else 200
+    return render(request, "waves/book.html", context, status=status)
