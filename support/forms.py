@@ -11,3 +11,13 @@ class CallForm(NHSFormMixin, forms.Form):
         widget=forms.Textarea(attrs={"rows": 4}),
     )
     resolved = forms.BooleanField(label="Resolved on this call", required=False)
+
+
+class SearchForm(forms.Form):
+    """The helpdesk's search box: an address, a UPN or words of a name."""
+
+    q = forms.CharField(
+        required=False,
+        max_length=254,
+        error_messages={"max_length": "Enter 254 characters or fewer: no address is longer"},
+    )

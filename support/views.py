@@ -5,7 +5,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from mailboxes.selectors import mailbox_search, mailboxes_for
 from portal.auth import Role, role_required
-from support.forms import CallForm
+from support.forms import CallForm, SearchForm
 from support.selectors import mailbox_story
 from support.services import helpdesk_call_record
 
@@ -15,10 +15,13 @@ LOOKUP_ROLES = (Role.HELPDESK, Role.CENTRAL_TEAM)
 @require_GET
 @role_required(*LOOKUP_ROLES)
 def search(request: HttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "")[:254]
-    context = {"query": query, "results": mailbox_search(query)}
+    form = SearchForm(request.GET)
+    query = form.cleaned_data["q"] if form.is_valid() else ""
+    context = {"query": query, "results": mailbox_search(query), "errors": form.errors.get("q")}
     template = "support/search.html#results" if request.htmx else "support/search.html"
-    return render(request, template, context)
+    # htmx swaps in only a 2xx answer: as you type, the reason comes as one.
+    status = 400 if form.errors and not request.htmx else 200
+    return render(request, template, context, status=status)
 
 
 @require_GET

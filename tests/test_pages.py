@@ -275,6 +275,25 @@ def test_helpdesk_search_finds_by_address_name_and_upn(client, dave, airedale):
     assert "No mailbox matches" in nothing.content.decode()
 
 
+@pytest.mark.parametrize(
+    ("q", "message"),
+    [("ab\x00cd", "Null characters are not allowed."), ("x" * 255, "Enter 254 characters")],
+    ids=["NUL", "too long"],
+)
+@pytest.mark.parametrize("htmx", [False, True], ids=["page", "htmx"])
+def test_helpdesk_search_refuses_what_it_cannot_look_up_with_a_reason(
+    client, dave, airedale, q, message, htmx
+):
+    client.force_login(dave)
+    headers = {"HX-Request": "true"} if htmx else {}
+
+    response = client.get(reverse("support:search"), {"q": q}, headers=headers)
+
+    assert response.status_code == (200 if htmx else 400)  # htmx swaps in only a 2xx
+    assert message in response.content.decode()
+    assert 'href="/helpdesk/mailboxes/' not in response.content.decode()
+
+
 def test_helpdesk_records_a_call_and_empty_calls_are_refused(client, dave, airedale):
     mailbox = airedale.mailboxes.first()
     client.force_login(dave)
