@@ -4,6 +4,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from mailboxes.models import Mailbox
 from tests.api.conftest import signed_in
 
 
@@ -28,6 +29,30 @@ def test_it_finds_by_upn(client, dave, airedale):
 def test_it_finds_across_organisations_by_display_name(client, dave, airedale, bradford):
     results = found(signed_in(client, dave), "User 00001")
     assert results == ["user00001@b83001.nhs.net", "user00001@rcf.nhs.net"]
+
+
+def named(organisation, address: str, display_name: str) -> None:
+    Mailbox.objects.create(
+        address=address, upn=address, display_name=display_name, organisation=organisation
+    )
+
+
+def test_a_name_is_searched_in_the_person_not_the_organisation_after_it(
+    client, dave, airedale, bradford
+):
+    """NHSmail appends the organisation: "ford" must find people named Ford, not every mailbox
+    of "BRADFORD ROAD PRACTICE"."""
+    named(airedale, "harrison.ford@nhs.net", "FORD, Harrison (AIREDALE NHS FOUNDATION TRUST)")
+    named(airedale, "joan.crawford@nhs.net", "CRAWFORD, Joan (AIREDALE NHS FOUNDATION TRUST)")
+    for i in range(3):
+        named(bradford, f"jane.smith{i}@nhs.net", "SMITH, Jane (BRADFORD ROAD PRACTICE)")
+    signed_in(client, dave)
+
+    assert found(client, "ford") == ["joan.crawford@nhs.net", "harrison.ford@nhs.net"]
+    assert found(client, "Harrison Ford") == ["harrison.ford@nhs.net"]
+    assert found(client, "bradford") == []
+    assert found(client, "smith airedale") == []
+    assert len(found(client, "jane smith")) == 3
 
 
 def test_it_gives_at_most_twenty_results(client, dave, airedale, bradford):
@@ -87,3 +112,19 @@ def test_an_address_prefix_is_read_in_order_from_the_unique_index(client, dave, 
     assert pattern_indexes == 0
     assert "Index Cond: (((address)::text >= 'user0001'::text)" in plan, plan
     assert "Sort" not in plan, plan
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only: pg_trgm")
+def test_a_name_is_found_through_the_trigram_index_of_the_persons_name(client, dave, airedale):
+    """Migration 0007 indexes exactly the expression the name search compiles to."""
+    with CaptureQueriesContext(connection) as queries:
+        found(signed_in(client, dave), "michelle")
+    name_query = next(q["sql"] for q in queries if "LIKE UPPER('%michelle%')" in q["sql"])
+    with connection.cursor() as cursor:
+        # Few rows here: the planner is asked whether it can answer from the index at all.
+        for plan_kind in ("seqscan", "indexscan"):
+            cursor.execute(f"SET LOCAL enable_{plan_kind} = off")
+        cursor.execute(f"EXPLAIN {name_query}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    assert "Bitmap Index Scan on mailbox_person_name_trgm" in plan, plan
