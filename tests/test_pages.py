@@ -391,3 +391,64 @@ def test_a_filter_the_page_cannot_use_is_refused_with_a_reason(
     response = client.post(url, {"organisation": "RCF", "q": q, "cohort": "all"})
     assert response.status_code == 302  # the filter does not stop a booking of every mailbox
     assert Booking.objects.get().mailbox_count == 30
+
+
+def test_a_lead_books_the_mailboxes_whose_addresses_they_paste(client, alice, airedale, wave):
+    client.force_login(alice)
+    url = reverse("waves:book", args=[wave.public_id])
+    pasted = "User00003@rcf.nhs.net\r\nuser00011@rcf.nhs.net, user00012@rcf.nhs.net\tuser00003@rcf.nhs.net\r\n"
+
+    response = client.post(url, {"organisation": "RCF", "cohort": "listed", "addresses": pasted})
+
+    assert response.status_code == 302
+    assert Booking.objects.get().mailbox_count == 3
+    assert set(Mailbox.objects.filter(status=MailboxStatus.BOOKED).values_list("address")) == {
+        ("user00003@rcf.nhs.net",),
+        ("user00011@rcf.nhs.net",),
+        ("user00012@rcf.nhs.net",),
+    }
+
+
+@pytest.mark.parametrize(
+    ("addresses", "message"),
+    [
+        (
+            "user00001@rcf.nhs.net\nuser00002@b83001.nhs.net",
+            "user00002@b83001.nhs.net is not a mailbox of Airedale NHS Foundation Trust.",
+        ),
+        ("  \n ", "Paste the addresses of the mailboxes to book."),
+        ("a@nhs.net\x00", "Null characters are not allowed."),
+        (
+            " ".join(f"u{i}@nhs.net" for i in range(50_001)),
+            "Paste at most 50,000 addresses (these are 50,001)",
+        ),
+    ],
+    ids=["another organisation's", "blank", "NUL", "too many"],
+)
+def test_a_pasted_list_the_portal_cannot_book_is_refused_with_a_reason_and_kept(
+    client, alice, airedale, bradford, wave, addresses, message
+):
+    client.force_login(alice)
+    url = reverse("waves:book", args=[wave.public_id])
+
+    response = client.post(url, {"organisation": "RCF", "cohort": "listed", "addresses": addresses})
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert message in page
+    assert 'id="conditional-listed"' in page
+    assert Booking.objects.count() == 0
+    assert not MailboxEvent.objects.exists()
+
+
+def test_pasted_addresses_are_not_booked_when_all_mailboxes_are_chosen(
+    client, alice, airedale, wave
+):
+    client.force_login(alice)
+    response = client.post(
+        reverse("waves:book", args=[wave.public_id]),
+        {"organisation": "RCF", "cohort": "all", "addresses": "user00001@rcf.nhs.net"},
+    )
+    assert response.status_code == 400
+    assert "You chose all mailboxes but also pasted addresses" in response.content.decode()
+    assert Booking.objects.count() == 0

@@ -383,6 +383,19 @@ class BookingCreateSerializer(serializers.Serializer):
         max_length=100_000,
         help_text="Ids of the mailboxes to book; leave out to book all not yet booked.",
     )
+    addresses = serializers.ListField(
+        child=serializers.CharField(max_length=254),
+        required=False,
+        allow_empty=False,
+        max_length=100_000,
+        help_text="Addresses of the mailboxes to book, instead of their ids. A refusal (409) names"
+        " any that are not the organisation's mailboxes or are already booked.",
+    )
+
+    def validate(self, data):
+        if "mailboxes" in data and "addresses" in data:
+            raise serializers.ValidationError("Give mailboxes or addresses, not both.")
+        return data
 
     def validate_wave(self, value) -> Wave:
         wave = Wave.objects.filter(public_id=value).first()
@@ -460,6 +473,7 @@ class BookingViewSet(
                 organisation=organisation,
                 actor=request.user,
                 mailbox_ids=data.get("mailboxes"),
+                addresses=data.get("addresses"),
             )
         except services.BookingRefused as refusal:
             raise Conflict(str(refusal)) from None

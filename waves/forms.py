@@ -1,3 +1,5 @@
+import re
+
 from django import forms
 from django.utils import timezone
 
@@ -67,19 +69,50 @@ class WaveForm(NHSFormMixin, forms.Form):
         return data
 
 
+MAX_LISTED = 50_000  # the largest organisation's mailboxes
+ADDRESS_SEPARATORS = re.compile(r"[\s,;]+")
+
+
 class BookingForm(NHSFormMixin, forms.Form):
     ALL = "all"
     CHOSEN = "chosen"
+    LISTED = "listed"
     organisation = forms.ChoiceField(label="Organisation")
     cohort = forms.ChoiceField(
         label="Which mailboxes",
         widget=forms.RadioSelect,
-        choices=[(ALL, "All mailboxes not yet booked"), (CHOSEN, "Only the mailboxes I choose")],
+        choices=[
+            (ALL, "All mailboxes not yet booked"),
+            (CHOSEN, "Only the mailboxes I choose"),
+            (LISTED, "The mailboxes whose addresses I paste"),
+        ],
         initial=ALL,
     )
     mailboxes = forms.TypedMultipleChoiceField(
         coerce=int, required=False, label="Mailboxes", widget=forms.CheckboxSelectMultiple
     )
+    addresses = forms.CharField(
+        required=False,
+        label="Addresses",
+        max_length=MAX_LISTED * 40,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false", "autocomplete": "off"}),
+        error_messages={
+            "max_length": f"Paste at most {MAX_LISTED:,} addresses: book a larger cohort in parts."
+        },
+    )
+
+    def clean_addresses(self) -> list[str]:
+        """One address per line, or separated by commas, semicolons or spaces, as pasted from a
+        spreadsheet's column or an email's recipients; each once, in lower case."""
+        listed = ADDRESS_SEPARATORS.split(self.cleaned_data["addresses"].lower())
+        addresses = list(dict.fromkeys(address for address in listed if address))
+        if len(addresses) > MAX_LISTED:
+            raise forms.ValidationError(
+                f"Paste at most {MAX_LISTED:,} addresses (these are {len(addresses):,}): "
+                "book a larger cohort in parts."
+            )
+        return addresses
 
     def __init__(self, *args, organisations, bookable, **kwargs):
         super().__init__(*args, **kwargs)
@@ -92,11 +125,31 @@ class BookingForm(NHSFormMixin, forms.Form):
         data = super().clean()
         if data.get("cohort") == self.CHOSEN and not data.get("mailboxes"):
             self.add_error("mailboxes", "Choose at least one mailbox, or book all of them.")
+        if data.get("cohort") == self.LISTED and "addresses" in data and not data["addresses"]:
+            self.add_error("addresses", "Paste the addresses of the mailboxes to book.")
         if data.get("cohort") == self.ALL and data.get("mailboxes"):
             self.add_error(
                 "cohort",
                 "You chose all mailboxes but also ticked some: choose “Only the mailboxes I choose” "
                 "to book just those.",
+            )
+        if data.get("cohort") == self.ALL and data.get("addresses"):
+            self.add_error(
+                "cohort",
+                "You chose all mailboxes but also pasted addresses: choose “The mailboxes whose "
+                "addresses I paste” to book just those.",
+            )
+        if data.get("cohort") == self.CHOSEN and data.get("addresses"):
+            self.add_error(
+                "addresses",
+                "You chose to tick mailboxes but also pasted addresses: book the pasted ones "
+                "instead, or clear them.",
+            )
+        if data.get("cohort") == self.LISTED and data.get("mailboxes"):
+            self.add_error(
+                "mailboxes",
+                "You chose to paste addresses but also ticked mailboxes: untick them, or add "
+                "their addresses to the list.",
             )
         return data
 

@@ -238,12 +238,17 @@ def booking_create(
     organisation: Organisation,
     actor: Actor,
     mailbox_ids: Iterable[int] | None = None,
+    addresses: Iterable[str] | None = None,
 ) -> Booking:
-    """Book an organisation's cohort into a wave: its chosen mailboxes, or all not yet booked.
+    """Book an organisation's cohort into a wave: its mailboxes chosen by id or listed by
+    address, or all not yet booked.
 
     The wave's row is locked while its free capacity is checked and taken, so however many
-    leads book at once the wave never holds more than its capacity.
+    leads book at once the wave never holds more than its capacity. Listed addresses that are
+    not the organisation's mailboxes, or not free to book, are named in the refusal.
     """
+    if mailbox_ids is not None and addresses is not None:
+        raise ValueError("Give mailbox ids or addresses, not both.")
     with transaction.atomic():
         wave = Wave.objects.select_for_update().get(pk=wave.pk)
         if wave.status != WaveStatus.OPEN:
@@ -254,7 +259,9 @@ def booking_create(
             raise BookingRefused(f"The booking deadline for {wave.name} has passed.")
 
         candidates = Mailbox.objects.filter(organisation=organisation)
-        if mailbox_ids is None:
+        if addresses is not None:
+            chosen = _cohort_listed(candidates, organisation, addresses)
+        elif mailbox_ids is None:
             chosen = list(candidates.filter(status__in=BOOKABLE).values_list("pk", "size_bytes"))
             if not chosen:
                 raise BookingRefused(f"{organisation.name} has no mailboxes left to book.")
@@ -337,6 +344,48 @@ def booking_create(
         if len(moved) != count:
             raise BookingRefused("Some of these mailboxes changed status while booking. Try again.")
     return booking
+
+
+LISTED_SHOWN = 5  # addresses named in a refusal; the rest are counted
+
+
+def _cohort_listed(candidates, organisation: Organisation, addresses: Iterable[str]) -> list:
+    """(id, size) of each listed mailbox, or BookingRefused naming those that cannot be booked.
+
+    Read in one pass over the organisation's mailboxes, as for chosen ids.
+    """
+    wanted = {address.strip().lower() for address in addresses} - {""}
+    if not wanted:
+        raise BookingRefused("List at least one address to book.")
+    found = {
+        address: (pk, status, size_bytes)
+        for pk, address, status, size_bytes in candidates.values_list(
+            "pk", "address", "status", "size_bytes"
+        )
+        if address in wanted
+    }
+    unknown = sorted(wanted - found.keys())
+    if unknown:
+        raise BookingRefused(
+            f"{_some(unknown)} {'is not a mailbox' if len(unknown) == 1 else 'are not mailboxes'}"
+            f" of {organisation.name}."
+        )
+    taken = sorted(
+        f"{address} ({MailboxStatus(status).label.lower()})"
+        for address, (_, status, _) in found.items()
+        if status not in BOOKABLE
+    )
+    if taken:
+        raise BookingRefused(
+            f"{_some(taken)} {'is' if len(taken) == 1 else 'are'} already booked or migrated."
+        )
+    return [(pk, size_bytes) for pk, _, size_bytes in found.values()]
+
+
+def _some(items: list[str]) -> str:
+    shown = ", ".join(items[:LISTED_SHOWN])
+    more = len(items) - LISTED_SHOWN
+    return f"{shown} and {more:,} more" if more > 0 else shown
 
 
 def booking_approve(*, booking: Booking, actor: Actor) -> None:

@@ -23,7 +23,14 @@ from portal.lib.transitions import TransitionNotAllowed
 from portal.templatetags.portal_format import gb
 from waves import preflight, services, transfers
 from waves.backends import BackendError
-from waves.forms import BookingForm, MailboxFindForm, ReasonForm, RejectForm, WaveForm
+from waves.forms import (
+    MAX_LISTED,
+    BookingForm,
+    MailboxFindForm,
+    ReasonForm,
+    RejectForm,
+    WaveForm,
+)
 from waves.models import WAVE_ACTIVE, Booking, BookingStatus, CohortMailbox, Wave, WaveStatus
 from waves.selectors import (
     booking_queue as select_booking_queue,
@@ -382,12 +389,14 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         initial={"organisation": organisation.code},
     )
     if request.method == "POST" and form.is_valid():
-        chosen = (
-            form.cleaned_data["mailboxes"] if form.cleaned_data["cohort"] == form.CHOSEN else None
-        )
+        cohort = form.cleaned_data["cohort"]
         try:
             booking = services.booking_create(
-                wave=wave, organisation=organisation, actor=request.user, mailbox_ids=chosen
+                wave=wave,
+                organisation=organisation,
+                actor=request.user,
+                mailbox_ids=form.cleaned_data["mailboxes"] if cohort == form.CHOSEN else None,
+                addresses=form.cleaned_data["addresses"] if cohort == form.LISTED else None,
             )
         except services.BookingRefused as refusal:
             form.add_error(None, str(refusal))
@@ -406,6 +415,7 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         "bookable_count": bookable_count,
         "bookable_bytes": bookable_bytes or 0,
         "choosable": CHOOSABLE,
+        "max_listed": MAX_LISTED,
         "checkboxes": _mailbox_checkboxes(bookable, form["mailboxes"].value()),
         "search": search,
         "find": find,

@@ -72,6 +72,49 @@ def test_an_it_lead_cannot_book_another_organisations_mailboxes_as_their_own(
     assert snapshot() == before
 
 
+def test_an_it_lead_books_the_mailboxes_they_list_by_address(client, alice, wave, airedale):
+    listed = ["User00002@RCF.nhs.net", "user00007@rcf.nhs.net", " user00002@rcf.nhs.net"]
+    response = book(signed_in(client, alice), wave, "RCF", addresses=listed)
+    assert response.status_code == 201, response.content
+    assert response.json()["mailbox_count"] == 2
+    assert set(Mailbox.objects.filter(status=MailboxStatus.BOOKED).values_list("address")) == {
+        ("user00002@rcf.nhs.net",),
+        ("user00007@rcf.nhs.net",),
+    }
+
+
+def test_listed_addresses_of_another_organisation_are_named_and_nothing_is_booked(
+    client, alice, wave, airedale, bradford
+):
+    listed = ["user00001@rcf.nhs.net", "user00003@b83001.nhs.net", "nobody@nhs.net"]
+    before = snapshot()
+    response = book(signed_in(client, alice), wave, "RCF", addresses=listed)
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": "nobody@nhs.net, user00003@b83001.nhs.net are not mailboxes of "
+        "Airedale NHS Foundation Trust."
+    }
+    assert snapshot() == before
+
+
+def test_listed_addresses_already_booked_are_named_and_nothing_is_booked(
+    client, alice, wave, airedale, alice_booking
+):
+    Mailbox.objects.filter(address="user00004@rcf.nhs.net").update(status="not_scheduled")
+    before = snapshot()
+    response = book(
+        signed_in(client, alice),
+        wave,
+        "RCF",
+        addresses=["user00004@rcf.nhs.net", "user00005@rcf.nhs.net"],
+    )
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": "user00005@rcf.nhs.net (booked) is already booked or migrated."
+    }
+    assert snapshot() == before
+
+
 def test_an_unknown_wave_is_a_field_error(client, alice, airedale):
     before = snapshot()
     response = post_json(
@@ -93,6 +136,13 @@ def test_an_unknown_wave_is_a_field_error(client, alice, airedale):
         ({"wave": "WAVE", "organisation": "RCF", "mailboxes": []}, "mailboxes"),
         ({"wave": "WAVE", "organisation": "RCF", "mailboxes": ["first"]}, "mailboxes"),
         ({"wave": "WAVE", "organisation": "RCF", "mailboxes": 7}, "mailboxes"),
+        ({"wave": "WAVE", "organisation": "RCF", "addresses": []}, "addresses"),
+        ({"wave": "WAVE", "organisation": "RCF", "addresses": "a@nhs.net"}, "addresses"),
+        ({"wave": "WAVE", "organisation": "RCF", "addresses": ["x" * 255]}, "addresses"),
+        (
+            {"wave": "WAVE", "organisation": "RCF", "mailboxes": [1], "addresses": ["a@nhs.net"]},
+            "non_field_errors",
+        ),
     ],
 )
 def test_it_refuses_a_malformed_booking(client, alice, wave, airedale, body, field):

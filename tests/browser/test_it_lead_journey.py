@@ -170,3 +170,31 @@ def test_the_error_link_for_no_mailboxes_chosen_moves_focus_to_the_first_checkbo
     link = page.locator(".nhsuk-error-summary").get_by_role("link", name=CHOOSE_ONE)
     expect(link).to_have_attribute("href", "#id_mailboxes_0", timeout=1_000)
     then_the_error_link_moves_focus_to(page, CHOOSE_ONE, "#id_mailboxes_0")
+
+
+def test_an_it_lead_pastes_addresses_fixes_a_wrong_one_and_books_them(
+    page, alice, carol, airedale, bradford
+):
+    make_wave(carol, name="Weeknight 1")
+    given_signed_in_as(page, alice)
+    when_booking_into(page, "Weeknight 1")
+    pasted = page.get_by_label("Addresses of the mailboxes to book")
+    expect(pasted).to_be_hidden()
+
+    page.get_by_label("The mailboxes whose addresses I paste").check()
+    expect(pasted).to_be_visible()
+    pasted.fill("user00006@rcf.nhs.net\nuser00007@b83001.nhs.net\nuser00008@rcf.nhs.net")
+    when_pressing(page, "Book mailboxes")
+
+    wrong = "user00007@b83001.nhs.net is not a mailbox of Airedale NHS Foundation Trust."
+    then_there_is_a_problem(page, wrong)
+    expect(pasted).to_be_visible()
+    expect(pasted).to_have_value(
+        "user00006@rcf.nhs.net\nuser00007@b83001.nhs.net\nuser00008@rcf.nhs.net"
+    )
+    then_a_screenshot_is_saved(page, "1-lead-book-pasted-error")
+
+    pasted.fill("user00006@rcf.nhs.net\nuser00007@rcf.nhs.net\nuser00008@rcf.nhs.net")
+    when_pressing(page, "Book mailboxes")
+    then_a_success_banner_says(page, "3 mailboxes booked into Weeknight 1.")
+    then_the_summary_list_shows(page, "Cohort", "3 mailboxes")
