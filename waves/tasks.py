@@ -1,6 +1,7 @@
 """django-q2 tasks: thin wrappers that load by id and call the transfer engine."""
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django_q.tasks import async_task
 
 from waves import transfers
@@ -23,3 +24,8 @@ def drive_active_waves() -> int:
     for wave_id in wave_ids:
         async_task("waves.tasks.drive_wave", wave_id, task_name=f"drive-wave-{wave_id}")
     return len(wave_ids)
+
+
+def approve_investigate_items(wave_id: int, user_id: int) -> int:
+    user = get_user_model().objects.filter(pk=user_id).first()
+    return transfers.wave_approve_investigate_items(wave_id, actor=user or "central team")

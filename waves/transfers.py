@@ -23,11 +23,13 @@ from datetime import timedelta
 from typing import TypeVar
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.text import slugify
+from django_q.tasks import async_task
 
 from mailboxes.models import MAILBOX_IN_FLIGHT, MAILBOX_TRANSITIONS, Mailbox, MailboxStatus
 from mailboxes.services import mailboxes_transition
@@ -40,6 +42,7 @@ from waves.models import (
     WAVE_ACTIVE,
     BookingStatus,
     CohortMailbox,
+    DataConsistency,
     MigrationBatch,
     MigrationBatchStatus,
     Wave,
@@ -401,6 +404,11 @@ def wave_finish_if_settled(wave: Wave) -> bool:
     return True
 
 
+def wave_awaiting_investigate(wave: Wave) -> QuerySet[CohortMailbox]:
+    """Of those, the ones graded Investigate: what "approve all" approves."""
+    return wave_awaiting_approval(wave).filter(consistency=DataConsistency.INVESTIGATE)
+
+
 def _cohort_entry(mailbox: Mailbox) -> CohortMailbox:
     entry = (
         CohortMailbox.objects.select_related("batch", "booking__wave")
@@ -454,6 +462,48 @@ def mailbox_approve_skipped_items(
         skipped_items_approved_by=None if isinstance(actor, str) else actor,
     )
     log.info("%s: skipped items approved (data consistency %s)", mailbox.address, entry.consistency)
+
+
+def wave_queue_investigate_approvals(*, wave: Wave, actor: AbstractBaseUser) -> int:
+    """Queue `wave_approve_investigate_items` for a worker; how many mailboxes it will approve
+    (none queued when no mailbox graded Investigate waits)."""
+    count = wave_awaiting_investigate(wave).count()
+    if count:
+        transaction.on_commit(
+            lambda: async_task(
+                "waves.tasks.approve_investigate_items",
+                wave.pk,
+                actor.pk,
+                task_name=f"approve-investigate-{wave.pk}",
+            )
+        )
+    return count
+
+
+def wave_approve_investigate_items(
+    wave_id: int, *, actor: Actor, backend: MigrationBackend | None = None
+) -> int:
+    """Approve the skipped items of every mailbox of the wave held with an Investigate grade.
+
+    For the central team's "approve all" when a weekend wave holds hundreds of them: a worker
+    makes one call to the backend for each mailbox. Poor grades mean major data loss, so they
+    are left to be decided one by one. A mailbox the backend refuses stays held, listed on the
+    wave page, and the rest go on; one approved meanwhile is skipped, so the task can run again.
+    Returns how many were approved.
+    """
+    backend = backend or get_backend()
+    wave = Wave.objects.get(pk=wave_id)
+    held = list(wave_awaiting_investigate(wave).values_list("mailbox_id", flat=True))
+    approved = 0
+    for mailbox in Mailbox.objects.filter(pk__in=held).order_by("address").iterator():
+        try:
+            mailbox_approve_skipped_items(mailbox=mailbox, actor=actor, backend=backend)
+        except (TransitionNotAllowed, BackendError) as refusal:
+            log.warning("%s: skipped items not approved: %s", mailbox.address, refusal)
+        else:
+            approved += 1
+    log.info("%s: skipped items of %d of %d mailboxes approved", wave.name, approved, len(held))
+    return approved
 
 
 def mailbox_roll_back(

@@ -15,6 +15,11 @@ urlpatterns = [
         views.wave_approve_skipped_items,
         name="approve_skipped_items",
     ),
+    path(
+        "<uuid:public_id>/approve-investigate-items/",
+        views.wave_approve_investigate_items,
+        name="approve_investigate_items",
+    ),
     path("<uuid:public_id>/<slug:action>/", views.wave_action, name="action"),
     path("mailboxes/<int:mailbox_id>/<slug:action>/", views.mailbox_action, name="mailbox_action"),
     path("bookings/", views.booking_queue, name="booking_queue"),

@@ -7,6 +7,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Sum
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -101,6 +102,7 @@ def _wave_detail_context(wave: Wave, bookings_page: str | None = None) -> dict:
         "failures": wave_failures(wave) if progress["failed"] else [],
         "held": transfers.wave_awaiting_approval(wave)[:HELD_LISTED] if held_count else [],
         "held_count": held_count,
+        "held_investigate": transfers.wave_awaiting_investigate(wave).count() if held_count else 0,
         "active": wave.status in WAVE_ACTIVE,
         "actions": ACTIONS_BY_STATUS.get(wave.status, []),
         "can_preflight": wave.status in PREFLIGHT_STATUSES,
@@ -188,6 +190,24 @@ def wave_approve_skipped_items(request: HttpRequest, public_id, mailbox_id: int)
         messages.success(
             request, f"{entry.mailbox.address}: skipped items approved; its move can complete."
         )
+    return redirect("waves:detail", public_id=wave.public_id)
+
+
+@require_POST
+@role_required(CENTRAL)
+def wave_approve_investigate_items(request: HttpRequest, public_id) -> HttpResponse:
+    """Approve, in the background, the skipped items of every move graded Investigate."""
+    wave = get_object_or_404(Wave, public_id=public_id)
+    count = transfers.wave_queue_investigate_approvals(wave=wave, actor=request.user)
+    if not count:
+        messages.error(request, f"No mailbox of {wave.name} graded Investigate waits for approval.")
+        return redirect("waves:detail", public_id=wave.public_id)
+    messages.success(
+        request,
+        f"Approving the skipped items of {count:,} mailbox{pluralize(count, 'es')} graded "
+        "Investigate: the list shrinks as a worker approves each one. Those graded Poor wait "
+        "for you, one by one.",
+    )
     return redirect("waves:detail", public_id=wave.public_id)
 
 

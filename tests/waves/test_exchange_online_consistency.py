@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from django_q.models import OrmQ
 
 from mailboxes.models import Mailbox, MailboxStatus
 from standins.exchange_online import start_standin
@@ -26,6 +27,7 @@ from waves.backends import get_backend
 from waves.backends.exchange_online import ExchangeOnlineBackend, _consistency
 from waves.backends.simulator import SimulatorBackend
 from waves.models import CohortMailbox, SimulatedUser, Wave, WaveStatus
+from waves.tasks import approve_investigate_items
 from waves.transfers import mailbox_approve_skipped_items, wave_advance, wave_awaiting_approval
 
 pytestmark = pytest.mark.django_db
@@ -34,16 +36,20 @@ HELD = "user00004@rcf.nhs.net"
 POOR = "user00002@b83001.nhs.net"
 
 
-@pytest.fixture
-def standin(settings):
-    _, server = start_standin(
-        time_scale=2000.0,
-        consistency={HELD: "Investigate", POOR: "Poor", "user00005@rcf.nhs.net": "Good"},
-    )
+def standin_grading(settings, consistency: dict[str, str]):
+    _, server = start_standin(time_scale=2000.0, consistency=consistency)
     settings.MIGRATION_BACKEND = "exchange_online"
     settings.EXCHANGE_ONLINE = server.portal_settings(backoff_seconds=0.01, statistics_per_poll=50)
     settings.WAVE_MAX_BATCHES = 2
     settings.MAILBOX_MAX_ATTEMPTS = 1
+    return server
+
+
+@pytest.fixture
+def standin(settings):
+    server = standin_grading(
+        settings, {HELD: "Investigate", POOR: "Poor", "user00005@rcf.nhs.net": "Good"}
+    )
     yield server
     server.stop()
 
@@ -227,3 +233,95 @@ def test_the_simulator_records_an_approval(settings, carol, airedale, alice):
     assert SimulatedUser.objects.get(address=HELD).skipped_items_approved_at is not None
     with pytest.raises(Exception, match="is not in the migration batch"):
         backend.approve_skipped_items("sim-1", "nobody@rcf.nhs.net")
+
+
+INVESTIGATE = [HELD, "user00006@rcf.nhs.net", "user00007@b83001.nhs.net"]
+
+
+@pytest.fixture
+def standin_three_investigate(settings):
+    server = standin_grading(settings, {**dict.fromkeys(INVESTIGATE, "Investigate"), POOR: "Poor"})
+    yield server
+    server.stop()
+
+
+def settled_but_four_held(wave: Wave) -> bool:
+    left = set(
+        CohortMailbox.objects.filter(booking__wave=wave)
+        .exclude(mailbox__status=S.COMPLETED)
+        .values_list("mailbox__address", "mailbox__status")
+    )
+    return left == {(address, S.SYNCED) for address in [*INVESTIGATE, POOR]}
+
+
+def test_the_central_team_approves_every_investigate_grade_at_once_and_poor_waits(
+    client,
+    carol,
+    standin_three_investigate,
+    airedale,
+    alice,
+    bradford,
+    bob,
+    django_capture_on_commit_callbacks,
+):
+    standin = standin_three_investigate
+    wave = make_approved_wave(carol, [(airedale, alice), (bradford, bob)])
+    wave = advance_until(
+        start_wave_now(wave, carol, cutover_in=timedelta(seconds=1)), settled_but_four_held
+    )
+    page = reverse("waves:detail", args=[wave.public_id])
+    approve_all = reverse("waves:approve_investigate_items", args=[wave.public_id])
+    text = client_for(client, carol).get(page).content.decode()
+    assert "Approve all 3 graded Investigate" in text
+    assert f'action="{approve_all}"' in text
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(approve_all, follow=True)
+    assert "Approving the skipped items of 3 mailboxes graded Investigate" in (
+        response.content.decode()
+    )
+    task = OrmQ.objects.get().task
+    assert (task["func"], task["args"]) == (
+        "waves.tasks.approve_investigate_items",
+        (wave.pk, carol.pk),
+    )
+    assert not standin.standin.cmdlets_called("Set-MigrationUser")  # the worker does it
+
+    # The worker: the first mailbox's call fails at Exchange; the other two are approved.
+    standin.standin.fail_next(1, status=400)
+    assert approve_investigate_items(wave.pk, carol.pk) == 2
+    approved = {
+        call.parameters["Identity"]
+        for call in standin.standin.cmdlets_called()
+        if call.cmdlet == "Set-MigrationUser"
+    }
+    assert approved == set(INVESTIGATE[1:])
+    assert set(
+        CohortMailbox.objects.exclude(skipped_items_approved_at=None).values_list(
+            "mailbox__address", "skipped_items_approved_by"
+        )
+    ) == {(address, carol.pk) for address in INVESTIGATE[1:]}
+    # Delivered again (or asked again), it approves only what still waits: the one that failed.
+    assert approve_investigate_items(wave.pk, carol.pk) == 1
+    assert len(standin.standin.cmdlets_called("Set-MigrationUser")) == 3
+
+    wave = advance_until(wave, lambda w: all(status_of(a) == S.COMPLETED for a in INVESTIGATE))
+    assert wave.status == WaveStatus.COMPLETING  # the Poor one waits for its own decision
+    assert [e.mailbox.address for e in wave_awaiting_approval(wave)] == [POOR]
+    assert "graded Investigate</button>" not in client.get(page).content.decode()
+    OrmQ.objects.all().delete()
+    response = client.post(approve_all, follow=True)
+    assert f"No mailbox of {wave.name} graded Investigate waits for approval." in (
+        response.content.decode()
+    )
+    assert not OrmQ.objects.exists()
+
+
+@pytest.mark.parametrize("person", ["alice", "dave"])
+def test_only_the_central_team_approves_all_investigate_grades(
+    client, request, person, running_wave
+):
+    url = reverse("waves:approve_investigate_items", args=[running_wave.public_id])
+    client_for(client, request.getfixturevalue(person))
+    assert client.post(url).status_code == 403
+    assert not OrmQ.objects.exists()
