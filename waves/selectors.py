@@ -11,6 +11,7 @@ from waves.models import (
     Booking,
     BookingStatus,
     CohortMailbox,
+    DataConsistency,
     Wave,
     WaveStatus,
 )
@@ -121,3 +122,22 @@ def mailbox_migration(mailbox: Mailbox) -> CohortMailbox | None:
         .order_by("-active", "-pk")
         .first()
     )
+
+
+def wave_awaiting_approval(wave: Wave) -> QuerySet[CohortMailbox]:
+    """The wave's mailboxes held before completion until their skipped items are approved.
+
+    Exchange grades each move's data consistency; an Investigate or Poor move does not complete
+    until its skipped items are approved. The wave is not settled while any such mailbox waits
+    (even one reported failed: an approval may let it go on).
+    """
+    return (
+        CohortMailbox.objects.filter(AWAITING_APPROVAL, booking__wave=wave, active=True)
+        .select_related("mailbox", "booking__organisation")
+        .order_by("mailbox__address")
+    )
+
+
+def wave_awaiting_investigate(wave: Wave) -> QuerySet[CohortMailbox]:
+    """Of those, the ones graded Investigate: what the wave page's "approve all" approves."""
+    return wave_awaiting_approval(wave).filter(consistency=DataConsistency.INVESTIGATE)

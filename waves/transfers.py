@@ -25,7 +25,7 @@ from typing import TypeVar
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Q
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.text import slugify
@@ -37,17 +37,16 @@ from portal.lib.bulk import update_rows
 from portal.lib.transitions import Actor, TransitionNotAllowed
 from waves.backends import BackendError, MigrationBackend, get_backend, portal_status
 from waves.models import (
-    AWAITING_APPROVAL,
     CONSISTENCY_NEEDS_APPROVAL,
     WAVE_ACTIVE,
     BookingStatus,
     CohortMailbox,
-    DataConsistency,
     MigrationBatch,
     MigrationBatchStatus,
     Wave,
     WaveStatus,
 )
+from waves.selectors import wave_awaiting_approval, wave_awaiting_investigate
 from waves.services import bookings_transition, cohort_transition, wave_transition
 
 log = logging.getLogger(__name__)
@@ -359,20 +358,6 @@ def batch_complete(batch: MigrationBatch, backend: MigrationBackend) -> None:
     )
 
 
-def wave_awaiting_approval(wave: Wave) -> QuerySet[CohortMailbox]:
-    """The wave's mailboxes held before completion until their skipped items are approved.
-
-    Exchange grades each move's data consistency; an Investigate or Poor move does not complete
-    until its skipped items are approved. The wave is not settled while any such mailbox waits
-    (even one reported failed: an approval may let it go on).
-    """
-    return (
-        CohortMailbox.objects.filter(AWAITING_APPROVAL, booking__wave=wave, active=True)
-        .select_related("mailbox", "booking__organisation")
-        .order_by("mailbox__address")
-    )
-
-
 def wave_finish_if_settled(wave: Wave) -> bool:
     with transaction.atomic():
         unsettled = CohortMailbox.objects.filter(
@@ -402,11 +387,6 @@ def wave_finish_if_settled(wave: Wave) -> bool:
             reason=f"{outcome.get(M.COMPLETED, 0):,} completed, {outcome.get(M.FAILED, 0):,} need attention",
         )
     return True
-
-
-def wave_awaiting_investigate(wave: Wave) -> QuerySet[CohortMailbox]:
-    """Of those, the ones graded Investigate: what "approve all" approves."""
-    return wave_awaiting_approval(wave).filter(consistency=DataConsistency.INVESTIGATE)
 
 
 def _cohort_entry(mailbox: Mailbox) -> CohortMailbox:

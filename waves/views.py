@@ -39,13 +39,15 @@ from waves.selectors import (
 from waves.selectors import (
     booking_status_counts,
     bookings_for_organisations,
+    wave_awaiting_approval,
+    wave_awaiting_investigate,
     wave_failures,
     wave_progress,
     waves_open_for_booking,
     waves_with_capacity,
 )
 
-CHOOSABLE = 1000  # mailboxes listed to pick from; larger subsets go through the API
+CHOOSABLE = 1000  # mailboxes listed to tick; a larger cohort is pasted as addresses
 BOOKINGS_PER_PAGE = 50
 CENTRAL = Role.CENTRAL_TEAM
 LEAD = Role.IT_LEAD
@@ -100,9 +102,9 @@ def _wave_detail_context(wave: Wave, bookings_page: str | None = None) -> dict:
         "wave": wave,
         "progress": progress,
         "failures": wave_failures(wave) if progress["failed"] else [],
-        "held": transfers.wave_awaiting_approval(wave)[:HELD_LISTED] if held_count else [],
+        "held": wave_awaiting_approval(wave)[:HELD_LISTED] if held_count else [],
         "held_count": held_count,
-        "held_investigate": transfers.wave_awaiting_investigate(wave).count() if held_count else 0,
+        "held_investigate": wave_awaiting_investigate(wave).count() if held_count else 0,
         "active": wave.status in WAVE_ACTIVE,
         "actions": ACTIONS_BY_STATUS.get(wave.status, []),
         "can_preflight": wave.status in PREFLIGHT_STATUSES,

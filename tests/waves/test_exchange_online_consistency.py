@@ -27,8 +27,9 @@ from waves.backends import get_backend
 from waves.backends.exchange_online import ExchangeOnlineBackend, _consistency
 from waves.backends.simulator import SimulatorBackend
 from waves.models import CohortMailbox, SimulatedUser, Wave, WaveStatus
+from waves.selectors import wave_awaiting_approval
 from waves.tasks import approve_investigate_items
-from waves.transfers import mailbox_approve_skipped_items, wave_advance, wave_awaiting_approval
+from waves.transfers import mailbox_approve_skipped_items, wave_advance
 
 pytestmark = pytest.mark.django_db
 S = MailboxStatus
