@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, NamedTuple
 
 from django.conf import settings
@@ -53,6 +53,7 @@ from django.utils.text import get_valid_filename
 from mailboxes.models import (
     ImportKind,
     ImportRun,
+    ImportRunEvent,
     ImportStatus,
     Mailbox,
     MailboxStatus,
@@ -60,6 +61,8 @@ from mailboxes.models import (
     OrganisationType,
     RecipientType,
 )
+from mailboxes.services import import_run_transition
+from portal.lib.transitions import actor_fields
 
 logger = logging.getLogger(__name__)
 
@@ -1440,9 +1443,17 @@ def import_run_start(*, kind: str, path: str, skip_bad_rows: bool, created_by) -
 
     if kind not in IMPORTERS:
         raise ValueError(f"unknown import kind: {kind!r}")
-    run = ImportRun.objects.create(
-        kind=kind, path=str(path), skip_bad_rows=skip_bad_rows, created_by=created_by
-    )
+    with transaction.atomic():
+        run = ImportRun.objects.create(
+            kind=kind, path=str(path), skip_bad_rows=skip_bad_rows, created_by=created_by
+        )
+        ImportRunEvent.objects.create(
+            run=run,
+            at=run.status_changed_at,
+            to_status=ImportStatus.QUEUED,
+            reason=f"{PurePath(path).name} queued for a worker",
+            **actor_fields(created_by or "central team"),
+        )
     transaction.on_commit(
         lambda: async_task(
             "mailboxes.tasks.run_import",
@@ -1462,25 +1473,36 @@ def import_run_execute(import_run_id: int) -> str:
     task queue delivers it again (on PostgreSQL). An uploaded file is deleted when its run has
     finished. Returns the run's status.
     """
-    claimed = ImportRun.objects.filter(pk=import_run_id, status=ImportStatus.QUEUED).update(
-        status=ImportStatus.RUNNING, started_at=timezone.now()
+    claimed = import_run_transition(
+        run_id=import_run_id,
+        to=ImportStatus.RUNNING,
+        expected_from={ImportStatus.QUEUED},
+        reason="Started by a worker",
+        started_at=timezone.now(),
     )
     run = ImportRun.objects.get(pk=import_run_id)
     # A running run whose worker holds no lock on it was left by a worker that stopped: its
     # import rolled back, so it is run again (PostgreSQL only: SQLite has no such locks).
     resumable = run.status == ImportStatus.RUNNING and connection.vendor == "postgresql"
-    if claimed != 1 and not resumable:
+    if not claimed and not resumable:
         logger.info("Import run %s is %s: not run again", run.pk, run.status)
         return run.status
     if not _run_lock(run.pk):
         logger.info("Import run %s is running on another worker: not run again", run.pk)
         return run.status
     try:
-        if claimed != 1:
+        if not claimed:
             logger.warning(
                 "Import run %s was left by a worker that stopped: running it again", run.pk
             )
-            ImportRun.objects.filter(pk=run.pk).update(started_at=timezone.now(), rows_read=0)
+            import_run_transition(
+                run_id=run.pk,
+                to=ImportStatus.RUNNING,
+                expected_from={ImportStatus.RUNNING},
+                reason="Started again: the worker running it stopped, and its import was undone",
+                started_at=timezone.now(),
+                rows_read=0,
+            )
         return _import_run_import(run)
     finally:
         _run_unlock(run.pk)
@@ -1511,9 +1533,12 @@ def _import_run_import(run: ImportRun) -> str:
     except Exception as error:
         logger.exception("Import run %s failed", run.pk)
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        ImportRun.objects.filter(pk=run.pk).update(
-            status=ImportStatus.FAILED,
-            error=f"{type(error).__name__}: {reason}"[:2000],
+        failure = f"{type(error).__name__}: {reason}"
+        import_run_transition(
+            run_id=run.pk,
+            to=ImportStatus.FAILED,
+            reason=failure,
+            error=failure[:2000],
             finished_at=timezone.now(),
         )
         upload_forget(run.path)
@@ -1521,8 +1546,10 @@ def _import_run_import(run: ImportRun) -> str:
     finally:
         progress.close()
     status = ImportStatus.REFUSED if report.refused else ImportStatus.DONE
-    ImportRun.objects.filter(pk=run.pk).update(
-        status=status,
+    import_run_transition(
+        run_id=run.pk,
+        to=status,
+        reason=_verdict(report),
         rows_read=report.rows_read,
         created=report.created,
         updated=report.updated,
@@ -1536,6 +1563,14 @@ def _import_run_import(run: ImportRun) -> str:
     )
     upload_forget(run.path)
     return status
+
+
+def _verdict(report: ImportReport) -> str:
+    if report.error:
+        return f"Refused: {report.error}"
+    if report.refused:
+        return f"Refused: {_plural(report.bad_rows, 'bad row')}"
+    return report.summary
 
 
 def estimate_rows(path: str) -> int:

@@ -2,6 +2,7 @@ from pathlib import PurePath
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class OrganisationType(models.TextChoices):
@@ -166,6 +167,14 @@ class ImportStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+# Which status an import run may move to from which. RUNNING from RUNNING: its worker stopped,
+# the import rolled back, and another worker runs it again.
+IMPORT_RUN_TRANSITIONS: dict[str, set[str]] = {
+    ImportStatus.RUNNING: {ImportStatus.QUEUED, ImportStatus.RUNNING},
+    ImportStatus.DONE: {ImportStatus.RUNNING},
+    ImportStatus.REFUSED: {ImportStatus.RUNNING},
+    ImportStatus.FAILED: {ImportStatus.RUNNING},
+}
 IMPORT_STATUS_COLOURS = {
     ImportStatus.QUEUED: "grey",
     ImportStatus.RUNNING: "blue",
@@ -178,13 +187,15 @@ IMPORT_STATUS_COLOURS = {
 class ImportRun(models.Model):
     """One bulk import of a CSV file in the background: its progress while it runs, then its report.
 
-    Written only by `mailboxes.importing` (`import_run_start`, `import_run_execute`).
+    Written only by `mailboxes.importing` (`import_run_start`, `import_run_execute`); its status
+    only through `import_run_transition`, which records each change as an ImportRunEvent.
     """
 
     kind = models.CharField(max_length=20, choices=ImportKind.choices)
     status = models.CharField(
         max_length=20, choices=ImportStatus.choices, default=ImportStatus.QUEUED
     )
+    status_changed_at = models.DateTimeField(default=timezone.now)
     path = models.CharField(max_length=1000, help_text="The file on the worker's disk.")
     skip_bad_rows = models.BooleanField(default=False)
     rows_total = models.PositiveBigIntegerField(
@@ -237,3 +248,28 @@ class ImportRun(models.Model):
         if not self.rows_total:
             return None
         return min(99, self.rows_read * 100 // self.rows_total)
+
+
+class ImportRunEvent(models.Model):
+    """One change of an import run's status: queued by whom, run by a worker, run again, done."""
+
+    run = models.ForeignKey(ImportRun, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+    )
+    actor_label = models.CharField(max_length=150, help_text="Who, in words: a name or 'worker'.")
+    from_status = models.CharField(max_length=20, choices=ImportStatus.choices, blank=True)
+    to_status = models.CharField(max_length=20, choices=ImportStatus.choices)
+    reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}: {self.from_status or 'new'} → {self.to_status}"

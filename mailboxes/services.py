@@ -2,8 +2,19 @@
 
 from collections.abc import Iterable, Sequence
 
-from mailboxes.models import MAILBOX_TRANSITIONS, Mailbox, MailboxEvent, MailboxStatus
+from mailboxes.models import (
+    IMPORT_RUN_TRANSITIONS,
+    MAILBOX_TRANSITIONS,
+    ImportRun,
+    ImportRunEvent,
+    ImportStatus,
+    Mailbox,
+    MailboxEvent,
+    MailboxStatus,
+)
 from portal.lib.transitions import Actor, transition_rows
+
+IMPORT_WORKER = "Import worker"
 
 
 def mailboxes_transition(
@@ -29,4 +40,35 @@ def mailboxes_transition(
         actor=actor,
         reason=reason,
         expected_from=expected_from,
+    )
+
+
+def import_run_transition(
+    *,
+    run_id: int,
+    to: ImportStatus,
+    reason: str,
+    expected_from: Iterable[ImportStatus] | None = None,
+    actor: Actor = IMPORT_WORKER,
+    **updates,
+) -> bool:
+    """Move an import run to `to` if the rules allow it from its status now; True if it moved.
+
+    `updates` are written in the same statement (its report, when it finishes). A worker
+    claims a queued run with `expected_from={QUEUED}`: of two workers given the same task, one
+    moves it and the other is told it did not.
+    """
+    return bool(
+        transition_rows(
+            model=ImportRun,
+            event_model=ImportRunEvent,
+            event_fk="run",
+            allowed_from=IMPORT_RUN_TRANSITIONS[to],
+            ids=[run_id],
+            to=to,
+            actor=actor,
+            reason=reason,
+            expected_from=expected_from,
+            updates=updates,
+        )
     )

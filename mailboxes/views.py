@@ -133,6 +133,7 @@ def import_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "finished": finished,
         "page_obj": problems,
         "problems_hidden": run.problem_count - len(run.problems),
+        "events": list(run.events.all()),
         "querystring": "",
     }
     if not request.htmx:

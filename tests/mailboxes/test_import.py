@@ -535,6 +535,7 @@ def test_it_queues_an_import_run_once_the_request_commits(
         assert not OrmQ.objects.exists()
 
     assert (run.status, run.created_by, run.rows_read) == (ImportStatus.QUEUED, carol, 0)
+    assert history(run) == [("", "queued", "Carol", "mailboxes.csv queued for a worker")]
     assert len(callbacks) == 1
     callbacks[0]()
     task = OrmQ.objects.get().task
@@ -570,6 +571,9 @@ def test_the_task_imports_and_records_the_report(carol, organisations, monkeypat
     assert run.started_at <= run.finished_at
     assert run.percent_done == 100
     assert reported == [2, 4, 6, 6]
+    assert history(run)[0][:3] == ("queued", "running", "Import worker")
+    assert history(run)[1][:3] == ("running", "done", "Import worker")
+    assert history(run)[1][3].startswith("Rows read 6: created 6, updated 0, unchanged 0")
     assert Mailbox.objects.count() == 6
 
 
@@ -581,6 +585,11 @@ def test_the_task_does_not_run_an_import_twice(carol, organisations):
     assert run_import(run.pk) == ImportStatus.DONE
 
     assert Mailbox.objects.count() == 5  # not imported again
+    assert [event[:2] for event in history(run)] == [("queued", "running"), ("running", "done")]
+
+
+def history(run: ImportRun) -> list[tuple[str, str, str, str]]:
+    return list(run.events.values_list("from_status", "to_status", "actor_label", "reason"))
 
 
 @contextmanager
@@ -609,6 +618,7 @@ def test_the_task_leaves_a_run_another_worker_is_running(organisations):
     assert Mailbox.objects.count() == 0
     run.refresh_from_db()
     assert run.status == ImportStatus.RUNNING
+    assert history(run) == []
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only: advisory locks")
@@ -628,6 +638,13 @@ def test_the_task_runs_again_a_run_whose_worker_stopped(organisations, caplog):
     assert f"Import run {run.pk} was left by a worker that stopped" in caplog.text
     run.refresh_from_db()
     assert (run.status, run.rows_read, run.created) == (ImportStatus.DONE, 6, 6)
+    assert history(run)[0] == (
+        "running",
+        "running",
+        "Import worker",
+        "Started again: the worker running it stopped, and its import was undone",
+    )
+    assert history(run)[1][:2] == ("running", "done")
     assert Mailbox.objects.count() == 6
     with connection.cursor() as cursor:  # the lock is let go
         cursor.execute(
@@ -645,6 +662,7 @@ def test_the_task_records_a_refusal_with_its_problems(carol, organisations, tmp_
 
     run.refresh_from_db()
     assert (run.rows_read, run.bad_rows, run.problem_count, run.created) == (2, 1, 1, 0)
+    assert history(run)[-1] == ("running", "refused", "Import worker", "Refused: 1 bad row")
     assert run.problems == [
         {
             "line": 3,

@@ -4,6 +4,7 @@ Uploads are followed through: the request queues the task (the ORM broker keeps 
 database), the test then runs it as the worker would, and reads the run's page.
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,13 @@ def test_an_upload_is_queued_run_and_reported(
     assert "nhsuk-notification-banner--success" in page
     assert "hx-trigger" not in page  # finished: nothing to poll
     assert "mailboxes.csv" in page
+    history = re.findall(r"<strong>(\w+)</strong>, ([^.]+)\. ([^<]*)</li>", page)
+    assert [(status, who) for status, who, _ in history] == [
+        ("Queued", "Carol"),
+        ("Running", "Import worker"),
+        ("Done", "Import worker"),
+    ]
+    assert history[2][2].startswith("Rows read 6: created 6")
 
 
 def test_a_large_upload_spooled_to_disk_is_moved_not_copied(
