@@ -19,9 +19,11 @@ from django.db.models import Max, QuerySet
 from django.template.defaultfilters import pluralize
 
 from waves.backends import TENANT_MAX_BATCHES, BackendError, MigrationBackend, get_backend
-from waves.models import BookingStatus, CohortMailbox, Wave
+from waves.models import BookingStatus, CohortMailbox, Wave, WaveStatus
 from waves.transfers import wave_batch_names
 
+# A pre-flight check is for a wave that has not started.
+PREFLIGHT_STATUSES = {WaveStatus.PLANNED, WaveStatus.OPEN, WaveStatus.CLOSED}
 GB = 1024**3
 LARGE_MAILBOX_BYTES = 100 * GB  # the primary mailbox quota on most Exchange Online plans
 MAX_MAILBOX_BYTES = 200 * GB  # Exchange Online does not support moving larger mailboxes

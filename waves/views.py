@@ -68,7 +68,6 @@ ACTIONS_BY_STATUS = {
     WaveStatus.PAUSED: ["resume"],
 }
 # The pre-flight check is offered before a wave starts.
-PREFLIGHT_STATUSES = {WaveStatus.PLANNED, WaveStatus.OPEN, WaveStatus.CLOSED}
 HELD_LISTED = 50  # mailboxes waiting for approval of skipped items listed on the wave page
 
 
@@ -107,7 +106,7 @@ def _wave_detail_context(wave: Wave, bookings_page: str | None = None) -> dict:
         "held_investigate": wave_awaiting_investigate(wave).count() if held_count else 0,
         "active": wave.status in WAVE_ACTIVE,
         "actions": ACTIONS_BY_STATUS.get(wave.status, []),
-        "can_preflight": wave.status in PREFLIGHT_STATUSES,
+        "can_preflight": wave.status in preflight.PREFLIGHT_STATUSES,
         # A weekend wave has hundreds of bookings: a page of them at a time.
         "page_obj": Paginator(
             wave.bookings.select_related("organisation").order_by("organisation__name", "pk"),
@@ -140,7 +139,7 @@ def wave_detail(request: HttpRequest, public_id) -> HttpResponse:
 def wave_preflight(request: HttpRequest, public_id) -> HttpResponse:
     """Run the pre-flight check now and show it on the wave page (nothing is stored)."""
     wave = get_object_or_404(waves_with_capacity(), public_id=public_id)
-    if wave.status not in PREFLIGHT_STATUSES:
+    if wave.status not in preflight.PREFLIGHT_STATUSES:
         messages.error(request, f"{wave.name} has started: the pre-flight check is for before.")
         return redirect("waves:detail", public_id=wave.public_id)
     context = _wave_detail_context(wave) | {"preflight": preflight.wave_preflight(wave)}
