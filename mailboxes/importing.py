@@ -25,6 +25,7 @@ In the background: the pages and the API save an upload (`upload_save`), then
 """
 
 import csv
+import fcntl
 import io
 import logging
 import re
@@ -1470,8 +1471,8 @@ def import_run_execute(import_run_id: int) -> str:
 
     A run that another worker is running, or that has finished, is left alone, so a task that
     is delivered twice imports once; one whose worker stopped mid-import is run again when the
-    task queue delivers it again (on PostgreSQL). An uploaded file is deleted when its run has
-    finished. Returns the run's status.
+    task queue delivers it again. An uploaded file is deleted when its run has finished.
+    Returns the run's status.
     """
     claimed = import_run_transition(
         run_id=import_run_id,
@@ -1482,9 +1483,8 @@ def import_run_execute(import_run_id: int) -> str:
     )
     run = ImportRun.objects.get(pk=import_run_id)
     # A running run whose worker holds no lock on it was left by a worker that stopped: its
-    # import rolled back, so it is run again (PostgreSQL only: SQLite has no such locks).
-    resumable = run.status == ImportStatus.RUNNING and connection.vendor == "postgresql"
-    if not claimed and not resumable:
+    # import rolled back, so it is run again.
+    if not claimed and run.status != ImportStatus.RUNNING:
         logger.info("Import run %s is %s: not run again", run.pk, run.status)
         return run.status
     if not _run_lock(run.pk):
@@ -1492,10 +1492,7 @@ def import_run_execute(import_run_id: int) -> str:
         return run.status
     try:
         if not claimed:
-            logger.warning(
-                "Import run %s was left by a worker that stopped: running it again", run.pk
-            )
-            import_run_transition(
+            resumed = import_run_transition(
                 run_id=run.pk,
                 to=ImportStatus.RUNNING,
                 expected_from={ImportStatus.RUNNING},
@@ -1503,25 +1500,57 @@ def import_run_execute(import_run_id: int) -> str:
                 started_at=timezone.now(),
                 rows_read=0,
             )
+            if not resumed:  # its worker finished it between the look above and the lock
+                return ImportRun.objects.get(pk=run.pk).status
+            logger.warning(
+                "Import run %s was left by a worker that stopped: running it again", run.pk
+            )
         return _import_run_import(run)
     finally:
         _run_unlock(run.pk)
 
 
+_RUN_LOCK_FILES: dict[int, IO] = {}  # SQLite: the open lock file of each run this process runs
+
+
+def run_lock_path(run_id: int) -> Path:
+    return upload_dir() / f".import-run-{run_id}.lock"
+
+
 def _run_lock(run_id: int) -> bool:
-    """Hold the run's advisory lock for as long as this worker's session lasts, or until
-    `_run_unlock`; False if another session holds it. Always True on SQLite."""
-    if connection.vendor != "postgresql":
-        return True
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IMPORT_RUN_LOCK, run_id])
-        return cursor.fetchone()[0]
+    """Hold the run's lock until `_run_unlock` or until this worker stops; False if another
+    worker holds it.
+
+    On PostgreSQL, an advisory lock of the worker's session. On SQLite, whose portal runs on
+    one machine, an exclusive `flock` on a file in the upload folder: the operating system lets
+    go of it when the worker's process ends, however it ends.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [IMPORT_RUN_LOCK, run_id])
+            return cursor.fetchone()[0]
+    path = run_lock_path(run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "a")  # noqa: SIM115 - held open until _run_unlock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return False
+    _RUN_LOCK_FILES[run_id] = lock
+    return True
 
 
 def _run_unlock(run_id: int) -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [IMPORT_RUN_LOCK, run_id])
+        return
+    lock = _RUN_LOCK_FILES.pop(run_id)
+    # Removed while still held: a worker that opened it meanwhile locks a file no one else will
+    # see, and then finds the run finished (import_run_execute looks again once it has the lock).
+    run_lock_path(run_id).unlink(missing_ok=True)
+    lock.close()
 
 
 def _import_run_import(run: ImportRun) -> str:

@@ -3,6 +3,7 @@
 Each refused file must change nothing: the tests compare every mailbox's fields before and after.
 """
 
+import fcntl
 from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
@@ -592,11 +593,24 @@ def history(run: ImportRun) -> list[tuple[str, str, str, str]]:
     return list(run.events.values_list("from_status", "to_status", "actor_label", "reason"))
 
 
+@pytest.fixture(autouse=True)
+def upload_dir(settings, tmp_path):
+    """The folder of uploads, where a worker on SQLite keeps the lock file of a run."""
+    settings.PORTAL_IMPORT_DIR = str(tmp_path / "uploads")
+    return Path(settings.PORTAL_IMPORT_DIR)
+
+
 @contextmanager
 def another_worker_running(run: ImportRun):
-    """A worker elsewhere, in the middle of the run: on PostgreSQL it holds the run's lock."""
+    """A worker elsewhere, in the middle of the run, holding the run's lock: on PostgreSQL an
+    advisory lock of its session, on SQLite a lock on the run's file through an open file of
+    its own (flock locks of two opens conflict, as between two processes)."""
     if connection.vendor != "postgresql":
-        yield
+        path = importing.run_lock_path(run.pk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield
         return
     worker = connections.create_connection(DEFAULT_DB_ALIAS)
     try:
@@ -621,10 +635,10 @@ def test_the_task_leaves_a_run_another_worker_is_running(organisations):
     assert history(run) == []
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only: advisory locks")
 def test_the_task_runs_again_a_run_whose_worker_stopped(organisations, caplog):
     """Its worker claimed it and died mid-import: the import rolled back and the run's lock went
-    with the worker's session. The task queue delivers the task again."""
+    with the worker's session (PostgreSQL) or process (SQLite). The task queue delivers the
+    task again."""
     run = ImportRun.objects.create(
         kind=ImportKind.MAILBOXES,
         path=str(DATA / "mailboxes.csv"),
@@ -646,7 +660,26 @@ def test_the_task_runs_again_a_run_whose_worker_stopped(organisations, caplog):
     )
     assert history(run)[1][:2] == ("running", "done")
     assert Mailbox.objects.count() == 6
-    with connection.cursor() as cursor:  # the lock is let go
+    assert_no_run_locks(run)
+
+
+def test_a_lock_let_go_leaves_the_run_to_the_next_worker(organisations):
+    run = ImportRun.objects.create(
+        kind=ImportKind.MAILBOXES, path=str(DATA / "mailboxes.csv"), status=ImportStatus.RUNNING
+    )
+    with another_worker_running(run):
+        assert run_import(run.pk) == ImportStatus.RUNNING
+    # The other worker stopped without finishing: its lock went with it.
+    assert run_import(run.pk) == ImportStatus.DONE
+    assert Mailbox.objects.count() == 6
+    assert_no_run_locks(run)
+
+
+def assert_no_run_locks(run: ImportRun) -> None:
+    if connection.vendor != "postgresql":
+        assert not importing.run_lock_path(run.pk).exists()
+        return
+    with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
             [importing.IMPORT_RUN_LOCK],
