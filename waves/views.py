@@ -67,7 +67,6 @@ ACTIONS_BY_STATUS = {
     WaveStatus.RUNNING: ["pause"],
     WaveStatus.PAUSED: ["resume"],
 }
-# The pre-flight check is offered before a wave starts.
 HELD_LISTED = 50  # mailboxes waiting for approval of skipped items listed on the wave page
 
 
