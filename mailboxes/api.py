@@ -13,7 +13,7 @@ from drf_spectacular.plumbing import build_choice_description_list
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, NotAuthenticated, PermissionDenied
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -41,7 +41,7 @@ from mailboxes.selectors import (
     mailboxes_for,
     organisations_for,
 )
-from portal.auth import HasRole, Role
+from portal.auth import HasRole, Role, role_of
 
 ALL_ROLES = (Role.IT_LEAD, Role.CENTRAL_TEAM, Role.HELPDESK)
 
@@ -298,9 +298,15 @@ class ImportRunViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, views
         return ImportUploadSerializer if self.action == "create" else ImportRunSerializer
 
     def initial(self, request, *args, **kwargs):
-        # Before the body is read (sign-in reads it, for the CSRF token): a file too large is
-        # refused without spooling it to disk first.
+        # Before the body is read (DRF's sign-in reads it, for the CSRF token): a file too large
+        # is refused without spooling it to disk first. Who is asking is known from the session
+        # alone, so only the central team learns that it was the size.
         if request.method == "POST" and upload_declared_too_large(request.META):
+            user = request._request.user
+            if not user.is_authenticated:
+                raise NotAuthenticated()
+            if role_of(user) not in self.allowed_roles:
+                raise PermissionDenied(HasRole.message)
             raise UploadTooLarge()
         super().initial(request, *args, **kwargs)
 

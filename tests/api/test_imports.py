@@ -279,6 +279,23 @@ def test_a_request_over_the_limit_is_refused_before_its_body_is_read(
     assert_nothing_queued(upload_dir)
 
 
+@pytest.mark.parametrize("user", [None, "alice", "dave", "eve"])
+def test_a_request_over_the_limit_from_anyone_else_is_refused_as_theirs_to_make(
+    client, db, request, user, upload_dir, monkeypatch
+):
+    """Refused before its body is read as well, but for who is asking, not for its size."""
+    monkeypatch.setattr(importing, "MAX_UPLOAD_BYTES", 100)
+    client = signed_in(client, request.getfixturevalue(user) if user else None)
+
+    response = post_upload(
+        client, kind="mailboxes", file=csv_file("m.csv", HEADER + GOOD_ROW * 2000)
+    )
+
+    assert response.status_code == 403
+    assert "1 GB" not in response.json()["detail"]
+    assert_nothing_queued(upload_dir)
+
+
 # Who may ------------------------------------------------------------------------------------------
 
 
