@@ -1078,9 +1078,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{PREFIX} the portal will anchor calls to {_anchor(server.standin.organization)}")
     sys.stdout.flush()
     # SIGTERM as Ctrl-C: stop cleanly, so that the throwaway CA's folder is removed at exit.
+    # Python runs signal handlers in the main thread only, and the kernel may hand the signal to
+    # the server's thread: a main thread blocked for good (waiting on an event) would then never
+    # run the handler. Short sleeps let it run within a fraction of a second either way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        threading.Event().wait()
+        while True:
+            time.sleep(0.2)
     except KeyboardInterrupt:
         server.stop()
 

@@ -5,9 +5,11 @@ stand-in stop proving anything about the real service.
 """
 
 import base64
+import ctypes
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -146,6 +148,32 @@ def test_it_runs_from_the_command_line_and_says_it_is_a_stand_in():
     assert "[stand-in Exchange Online] listening at https://127.0.0.1:" in output
     assert "PORTAL_MIGRATION_BACKEND=exchange_online" in output
     assert "PORTAL_EXCHANGE_CA_BUNDLE=" in output
+
+
+def test_it_stops_on_sigterm_whichever_of_its_threads_the_kernel_hands_it_to():
+    """Python runs signal handlers in the main thread only: a SIGTERM given to the server's
+    thread once left the stand-in running for ever (and this module's first test timing out)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "tgkill"):
+        pytest.skip("needs glibc's tgkill (Linux)")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "standins.exchange_online", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        [process.stdout.readline() for _ in range(14)]
+        time.sleep(0.3)  # past the line that sets the SIGTERM handler
+        threads = [int(t) for t in os.listdir(f"/proc/{process.pid}/task")]
+        server_thread = next(t for t in threads if t != process.pid)
+        assert libc.tgkill(process.pid, server_thread, signal.SIGTERM) == 0
+
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_it_prints_exactly_the_settings_a_portal_needs_to_drive_it(tmp_path):
