@@ -174,17 +174,16 @@ def wave_plan(wave: Wave) -> None:
         wave = Wave.objects.select_for_update().get(pk=wave.pk)
         if wave.batches.exists():
             return
-        bookings = list(_approved_cohorts(wave).values_list("pk", "mailbox_count"))
-        if not bookings:
+        slices = _unplanned_slices(wave)
+        if not slices:
             return
-        slices = pack_cohorts(bookings, settings.WAVE_MAX_BATCHES)
         batches = MigrationBatch.objects.bulk_create(
             [MigrationBatch(wave=wave, name=batch_name(wave, i)) for i in range(len(slices))]
         )
         for batch, booking_ids in zip(batches, slices, strict=True):
             CohortMailbox.objects.filter(booking__in=booking_ids, active=True).update(batch=batch)
         bookings_transition(
-            booking_ids=[pk for pk, _ in bookings],
+            booking_ids=[pk for booking_ids in slices for pk in booking_ids],
             to=BookingStatus.IN_PROGRESS,
             actor=WORKER,
             reason=f"{wave.name} started",
