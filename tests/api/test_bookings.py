@@ -7,7 +7,7 @@ from mailboxes.models import Mailbox, MailboxStatus
 from tests.api.conftest import expire_deadline, post_json, signed_in, snapshot
 from tests.conftest import GB, make_wave
 from waves.models import Booking, BookingStatus, CohortMailbox
-from waves.services import booking_approve
+from waves.services import booking_approve, booking_create
 
 
 def book(client, wave, organisation: str, **body):
@@ -98,9 +98,10 @@ def test_listed_addresses_of_another_organisation_are_named_and_nothing_is_booke
 
 
 def test_listed_addresses_already_booked_are_named_and_nothing_is_booked(
-    client, alice, wave, airedale, alice_booking
+    client, alice, wave, airedale
 ):
-    Mailbox.objects.filter(address="user00004@rcf.nhs.net").update(status="not_scheduled")
+    booked = airedale.mailboxes.filter(address="user00005@rcf.nhs.net").values_list("pk", flat=True)
+    booking_create(wave=wave, organisation=airedale, actor=alice, mailbox_ids=list(booked))
     before = snapshot()
     response = book(
         signed_in(client, alice),
