@@ -123,13 +123,13 @@ class Mailbox(models.Model):
         return MAILBOX_STATUS_COLOURS[self.status]
 
 
-class MailboxEvent(models.Model):
-    """One change of a mailbox's migration status: the helpdesk timeline."""
+class StatusEvent(models.Model):
+    """What every event row holds: one status change, when and by whom, and why.
 
-    # Both read through the (mailbox, at) index: a timeline is always one mailbox's.
-    mailbox = models.ForeignKey(
-        Mailbox, on_delete=models.CASCADE, related_name="events", db_index=False
-    )
+    `portal.lib.transitions.transition_rows` writes these fields; each event model adds the
+    row it belongs to and `from_status` / `to_status` with its own choices.
+    """
+
     at = models.DateTimeField()
     # No index: only deleting a user looks events up by actor, while every one of millions of
     # status changes would write an entry.
@@ -142,12 +142,24 @@ class MailboxEvent(models.Model):
         db_index=False,
     )
     actor_label = models.CharField(max_length=150, help_text="Who, in words: a name or 'worker'.")
-    from_status = models.CharField(max_length=20, choices=MailboxStatus.choices, blank=True)
-    to_status = models.CharField(max_length=20, choices=MailboxStatus.choices)
     reason = models.CharField(max_length=500, blank=True)
 
     class Meta:
+        abstract = True
         ordering = ["at", "id"]
+
+
+class MailboxEvent(StatusEvent):
+    """One change of a mailbox's migration status: the helpdesk timeline."""
+
+    # Both read through the (mailbox, at) index: a timeline is always one mailbox's.
+    mailbox = models.ForeignKey(
+        Mailbox, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
+    from_status = models.CharField(max_length=20, choices=MailboxStatus.choices, blank=True)
+    to_status = models.CharField(max_length=20, choices=MailboxStatus.choices)
+
+    class Meta(StatusEvent.Meta):
         indexes = [models.Index(fields=["mailbox", "at"])]
 
     def __str__(self) -> str:
@@ -250,26 +262,12 @@ class ImportRun(models.Model):
         return min(99, self.rows_read * 100 // self.rows_total)
 
 
-class ImportRunEvent(models.Model):
+class ImportRunEvent(StatusEvent):
     """One change of an import run's status: queued by whom, run by a worker, run again, done."""
 
     run = models.ForeignKey(ImportRun, on_delete=models.CASCADE, related_name="events")
-    at = models.DateTimeField()
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        db_index=False,
-    )
-    actor_label = models.CharField(max_length=150, help_text="Who, in words: a name or 'worker'.")
     from_status = models.CharField(max_length=20, choices=ImportStatus.choices, blank=True)
     to_status = models.CharField(max_length=20, choices=ImportStatus.choices)
-    reason = models.CharField(max_length=500, blank=True)
-
-    class Meta:
-        ordering = ["at", "id"]
 
     def __str__(self) -> str:
         return f"{self.run_id}: {self.from_status or 'new'} → {self.to_status}"
