@@ -79,7 +79,8 @@ class WaveSerializer(serializers.ModelSerializer):
     status = ChoicesField(WaveStatus, read_only=True)
     capacity_bytes = serializers.IntegerField(read_only=True)
     used_mailboxes = serializers.IntegerField(
-        read_only=True, help_text="Mailboxes held by the wave's active bookings."
+        read_only=True,
+        help_text="Mailboxes held by the wave's bookings (submitted, approved, in progress or done).",
     )
     used_bytes = serializers.IntegerField(read_only=True)
     free_mailboxes = serializers.SerializerMethodField()

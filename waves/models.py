@@ -114,6 +114,9 @@ BOOKING_TRANSITIONS: dict[str, set[str]] = {
 }
 # Bookings that hold capacity in their wave and hold their mailboxes.
 BOOKING_ACTIVE = {B.SUBMITTED, B.APPROVED, B.IN_PROGRESS}
+# Bookings counted against their wave's capacity: the active ones, and those done, so a
+# finished wave still shows what it moved.
+BOOKING_COUNTED = BOOKING_ACTIVE | {B.DONE}
 BOOKING_STATUS_COLOURS = {
     B.SUBMITTED: "blue",
     B.APPROVED: "green",

@@ -7,7 +7,7 @@ from django.utils import timezone
 from mailboxes.models import Mailbox, MailboxStatus, Organisation
 from waves.models import (
     AWAITING_APPROVAL,
-    BOOKING_ACTIVE,
+    BOOKING_COUNTED,
     Booking,
     BookingStatus,
     CohortMailbox,
@@ -18,8 +18,8 @@ from waves.models import (
 
 
 def waves_with_capacity(waves: QuerySet[Wave] | None = None) -> QuerySet[Wave]:
-    """Waves annotated with `used_mailboxes` and `used_bytes` held by active bookings."""
-    active = Q(bookings__status__in=BOOKING_ACTIVE)
+    """Waves annotated with `used_mailboxes` and `used_bytes` held by their bookings."""
+    active = Q(bookings__status__in=BOOKING_COUNTED)
     return (waves if waves is not None else Wave.objects.all()).annotate(
         used_mailboxes=Coalesce(Sum("bookings__mailbox_count", filter=active), Value(0)),
         used_bytes=Coalesce(Sum("bookings__total_bytes", filter=active), Value(0)),

@@ -24,6 +24,7 @@ from portal.lib.transitions import (
 )
 from waves.models import (
     BOOKING_ACTIVE,
+    BOOKING_COUNTED,
     BOOKING_TRANSITIONS,
     WAVE_TRANSITIONS,
     Booking,
@@ -200,8 +201,8 @@ def drive_soon(wave: Wave) -> None:
 
 
 def wave_capacity_used(wave: Wave) -> tuple[int, int]:
-    """(mailboxes, bytes) held by the wave's active bookings."""
-    used = wave.bookings.filter(status__in=BOOKING_ACTIVE).aggregate(
+    """(mailboxes, bytes) held by the wave's bookings."""
+    used = wave.bookings.filter(status__in=BOOKING_COUNTED).aggregate(
         mailboxes=Sum("mailbox_count"), bytes=Sum("total_bytes")
     )
     return used["mailboxes"] or 0, used["bytes"] or 0

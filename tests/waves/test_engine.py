@@ -160,6 +160,20 @@ def test_a_wave_runs_from_start_to_done_through_the_worker_task(approved_wave, c
     assert not cohort.filter(last_activity_at=None).exists()
 
 
+def test_a_finished_wave_still_shows_the_mailboxes_its_bookings_moved(client, approved_wave, carol):
+    booked = sum(approved_wave.bookings.values_list("mailbox_count", flat=True))
+    size = sum(approved_wave.bookings.values_list("total_bytes", flat=True))
+    wave = drive_to_the_end(start_wave_now(approved_wave, carol, cutover_in=-timedelta(minutes=1)))
+    assert wave.status == W.DONE
+    client.force_login(carol)
+
+    listed = client.get(f"/api/waves/{wave.public_id}/").json()
+    assert booked == 102
+    assert (listed["used_mailboxes"], listed["used_bytes"]) == (booked, size)
+    page = client.get(f"/waves/{wave.public_id}/").content.decode()
+    assert f"102 of {wave.capacity_mailboxes:,}" in page
+
+
 @pytest.mark.parametrize("max_attempts", [2, MAX_ATTEMPTS])
 def test_failed_mailboxes_are_retried_then_flagged_as_needing_attention(
     approved_wave, carol, simulator, settings, max_attempts
