@@ -185,6 +185,9 @@ WAVE_DRIVE_SECONDS = env_float("PORTAL_WAVE_DRIVE_SECONDS", 50.0, minimum=1.0)
 # another once the lease lapses.
 WAVE_DRIVE_LEASE_MARGIN_SECONDS = env_float("PORTAL_WAVE_LEASE_MARGIN_SECONDS", 60.0)
 WAVE_MAX_BATCHES = env_int("PORTAL_WAVE_MAX_BATCHES", 50, minimum=1)
+# Hours a finished wave's batches stay in the migration service (for Exchange's own reports)
+# before the worker removes them: Exchange Online holds at most 100 batches per tenant.
+BATCH_KEEP_HOURS = env_float("PORTAL_BATCH_KEEP_HOURS", 24.0, minimum=0.0)
 WAVE_SUBMIT_CHUNK = env_int("PORTAL_WAVE_SUBMIT_CHUNK", 2000, minimum=1)
 MAILBOX_MAX_ATTEMPTS = env_int("PORTAL_MAILBOX_MAX_ATTEMPTS", 3, minimum=1)
 

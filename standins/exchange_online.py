@@ -26,7 +26,8 @@ Batches and users live in memory. A started user is Queued for `queue_seconds`, 
 CompleteAfter passes) it is Completing for `completion_seconds`, then Completed. Those are
 stand-in seconds: `time_scale` of them pass each real second. Users listed in `failures` fail
 that many attempts half way; starting the batch again retries them. Stop freezes users as
-Stopped; Start resumes them. `set_user_status` makes a user report any status.
+Stopped; Start resumes them. `set_user_status` makes a user report any status. Remove
+takes a batch that is not Syncing or Completing away, with its users.
 
 Data consistency: each user's DataConsistencyScore is Perfect, or once synced the grade given
 in `consistency` (address → Perfect, Good, Investigate or Poor). An Investigate or Poor user is
@@ -483,7 +484,17 @@ class ExchangeOnlineStandin:
             log.info("%s completing migration batch %s", PREFIX, batch.name)
             return []
         if cmdlet == "Remove-MigrationBatch":
-            self.batches.pop(self._batch(p.get("Identity")).name)
+            # Microsoft: it removes a batch "that either isn't running or has been completed",
+            # and with it every object of the batch (its users). The refusal's wording: made up.
+            batch = self._batch(p.get("Identity"))
+            status = self._batch_row(batch, now)["Status"]
+            if status in {"Syncing", "Completing"}:
+                raise bad_request(
+                    "Microsoft.Exchange.Migration.MigrationBatchCannotBeRemovedException",
+                    f"The migration batch '{batch.name}' can't be removed while it is {status}.",
+                )
+            del self.batches[batch.name]
+            log.info("%s removed migration batch %s", PREFIX, batch.name)
             return []
         if cmdlet == "Get-MigrationUser":
             if p.get("Identity"):

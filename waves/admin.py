@@ -26,6 +26,7 @@ class MigrationBatchInline(ReadOnlyInline):
     readonly_fields = fields = [
         "name",
         "status",
+        "status_changed_at",
         "stopped",
         "backend_ref",
         "last_polled_at",

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from mailboxes.models import Mailbox, MailboxStatus, Organisation
+from mailboxes.models import Mailbox, MailboxStatus, Organisation, StatusEvent
 
 
 class WaveKind(models.TextChoices):
@@ -162,6 +162,18 @@ class MigrationBatchStatus(models.TextChoices):
     PLANNED = "planned", "Planned"
     SUBMITTED = "submitted", "Submitted"
     COMPLETING = "completing", "Completing"
+    COMPLETED = "completed", "Completed"  # its wave is done: every mailbox in it settled
+    REMOVED = "removed", "Removed from the migration service"
+
+
+MB = MigrationBatchStatus
+MIGRATION_BATCH_TRANSITIONS: dict[str, set[str]] = {
+    MB.SUBMITTED: {MB.PLANNED},
+    MB.COMPLETING: {MB.SUBMITTED},
+    # A batch whose completion was never asked for: all its mailboxes failed or rolled back.
+    MB.COMPLETED: {MB.SUBMITTED, MB.COMPLETING},
+    MB.REMOVED: {MB.COMPLETED},
+}
 
 
 class MigrationBatch(models.Model):
@@ -176,6 +188,7 @@ class MigrationBatch(models.Model):
     status = models.CharField(
         max_length=20, choices=MigrationBatchStatus.choices, default=MigrationBatchStatus.PLANNED
     )
+    status_changed_at = models.DateTimeField(auto_now_add=True)
     backend_ref = models.CharField(max_length=200, blank=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     completion_requested_at = models.DateTimeField(null=True, blank=True)
@@ -314,6 +327,17 @@ class BookingEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.booking_id}: {self.from_status or '-'} → {self.to_status}"
+
+
+class MigrationBatchEvent(StatusEvent):
+    """One change of a migration batch's status: when it was sent, completed, removed."""
+
+    batch = models.ForeignKey(MigrationBatch, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=20, choices=MigrationBatchStatus.choices, blank=True)
+    to_status = models.CharField(max_length=20, choices=MigrationBatchStatus.choices)
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}: {self.from_status or '-'} → {self.to_status}"
 
 
 class SimulatedBatch(models.Model):

@@ -26,11 +26,15 @@ from waves.models import (
     BOOKING_ACTIVE,
     BOOKING_COUNTED,
     BOOKING_TRANSITIONS,
+    MIGRATION_BATCH_TRANSITIONS,
     WAVE_TRANSITIONS,
     Booking,
     BookingEvent,
     BookingStatus,
     CohortMailbox,
+    MigrationBatch,
+    MigrationBatchEvent,
+    MigrationBatchStatus,
     Wave,
     WaveEvent,
     WaveKind,
@@ -83,6 +87,34 @@ def bookings_transition(
         to=to,
         actor=actor,
         reason=reason,
+        updates=updates,
+    )
+
+
+def batches_transition(
+    *,
+    batch_ids: Sequence[int],
+    to: MigrationBatchStatus,
+    actor: Actor,
+    reason: str = "",
+    expected_from: Iterable[MigrationBatchStatus] | None = None,
+    **updates,
+) -> list[int]:
+    """Move migration batches to `to` where the rules allow it; return the ids that moved.
+
+    A caller that asks for one batch and gets none back lost a race (two workers): it does
+    nothing more.
+    """
+    return transition_rows(
+        model=MigrationBatch,
+        event_model=MigrationBatchEvent,
+        event_fk="batch",
+        allowed_from=MIGRATION_BATCH_TRANSITIONS.get(to, set()),
+        ids=batch_ids,
+        to=to,
+        actor=actor,
+        reason=reason,
+        expected_from=expected_from,
         updates=updates,
     )
 

@@ -26,6 +26,11 @@ def drive_active_waves() -> int:
     return len(wave_ids)
 
 
+def remove_finished_batches() -> int:
+    """Scheduled every 15 minutes: take finished waves' batches out of the migration service."""
+    return transfers.batches_remove_finished()
+
+
 def approve_investigate_items(wave_id: int, user_id: int) -> int:
     user = get_user_model().objects.filter(pk=user_id).first()
     return transfers.wave_approve_investigate_items(wave_id, actor=user or "central team")

@@ -10,8 +10,10 @@ One call of `wave_advance` does every step that is due, and each step is idempot
            failures up to MAILBOX_MAX_ATTEMPTS, then flag them as needing attention;
   cutover  at the wave's cutover time, complete every batch;
   finish   when nothing is in flight and no mailbox waits for approval of its skipped items
-           (data consistency Investigate or Poor), mark bookings and the wave done.
+           (data consistency Investigate or Poor), mark bookings, batches and the wave done.
 `wave_drive` holds a lease on the wave so that one worker drives it at a time.
+`batches_remove_finished`, on its own schedule, removes finished waves' batches from the
+backend BATCH_KEEP_HOURS after their wave finished.
 """
 
 import heapq
@@ -47,7 +49,12 @@ from waves.models import (
     WaveStatus,
 )
 from waves.selectors import wave_awaiting_approval, wave_awaiting_investigate
-from waves.services import bookings_transition, cohort_transition, wave_transition
+from waves.services import (
+    batches_transition,
+    bookings_transition,
+    cohort_transition,
+    wave_transition,
+)
 
 log = logging.getLogger(__name__)
 PROGRESS_FIELDS = [
@@ -233,10 +240,11 @@ def batch_submit(batch: MigrationBatch, backend: MigrationBackend) -> None:
     )
     backend.start_batch(ref)
     with transaction.atomic():
-        marked = MigrationBatch.objects.filter(
-            pk=batch.pk, status=MigrationBatchStatus.PLANNED
-        ).update(
-            status=MigrationBatchStatus.SUBMITTED,
+        marked = batches_transition(
+            batch_ids=[batch.pk],
+            to=MigrationBatchStatus.SUBMITTED,
+            actor=WORKER,
+            reason=f"Created and started with {len(addresses):,} mailboxes",
             backend_ref=ref,
             submitted_at=timezone.now(),
             last_error="",
@@ -352,8 +360,12 @@ def batch_poll(batch: MigrationBatch, backend: MigrationBackend) -> None:
 
 def batch_complete(batch: MigrationBatch, backend: MigrationBackend) -> None:
     backend.complete_batch(batch.backend_ref)
-    MigrationBatch.objects.filter(pk=batch.pk, status=MigrationBatchStatus.SUBMITTED).update(
-        status=MigrationBatchStatus.COMPLETING, completion_requested_at=timezone.now()
+    batches_transition(
+        batch_ids=[batch.pk],
+        to=MigrationBatchStatus.COMPLETING,
+        actor=WORKER,
+        reason="Cutover: completion asked for",
+        completion_requested_at=timezone.now(),
     )
 
 
@@ -379,6 +391,12 @@ def wave_finish_if_settled(wave: Wave) -> bool:
             actor=WORKER,
             reason=f"{wave.name} finished",
         )
+        batches_transition(
+            batch_ids=list(wave.batches.values_list("pk", flat=True)),
+            to=MigrationBatchStatus.COMPLETED,
+            actor=WORKER,
+            reason=f"{wave.name} finished",
+        )
         wave_transition(
             wave=wave,
             to=WaveStatus.DONE,
@@ -386,6 +404,48 @@ def wave_finish_if_settled(wave: Wave) -> bool:
             reason=f"{outcome.get(M.COMPLETED, 0):,} completed, {outcome.get(M.FAILED, 0):,} need attention",
         )
     return True
+
+
+def batches_remove_finished(backend: MigrationBackend | None = None) -> int:
+    """Remove from the backend the batches of waves finished BATCH_KEEP_HOURS ago or more.
+
+    Exchange Online holds at most 100 migration batches per tenant and keeps completed ones for
+    60 days: without this, two 50-batch waves fill the tenant. The portal keeps its own record
+    of every batch and mailbox. A refusal is recorded on the batch, which is tried again next
+    time. Returns how many were removed.
+    """
+    due = timezone.now() - timedelta(hours=settings.BATCH_KEEP_HOURS)
+    batch_ids = list(
+        MigrationBatch.objects.filter(
+            status=MigrationBatchStatus.COMPLETED,
+            wave__status=WaveStatus.DONE,
+            wave__status_changed_at__lte=due,
+        ).values_list("pk", flat=True)
+    )
+    if not batch_ids:
+        return 0
+    backend = backend or get_backend()
+    for batch in MigrationBatch.objects.filter(pk__in=batch_ids).select_related("wave"):
+        _call(batch, batch_remove, batch, backend)
+    return MigrationBatch.objects.filter(
+        pk__in=batch_ids, status=MigrationBatchStatus.REMOVED
+    ).count()
+
+
+def batch_remove(batch: MigrationBatch, backend: MigrationBackend) -> None:
+    """Remove a finished batch, and with it its users, from the backend.
+
+    A batch the backend no longer has counts as removed (`remove_batch` says nothing), so a
+    worker that stopped between the call and the record does no harm.
+    """
+    backend.remove_batch(batch.backend_ref)
+    batches_transition(
+        batch_ids=[batch.pk],
+        to=MigrationBatchStatus.REMOVED,
+        actor=WORKER,
+        reason=f"{batch.wave.name} finished; the portal keeps the batch's record",
+        last_error="",
+    )
 
 
 def _cohort_entry(mailbox: Mailbox) -> CohortMailbox:
@@ -497,7 +557,9 @@ def mailbox_roll_back(
     if not reason.strip():
         raise TransitionNotAllowed("Give a reason for rolling the mailbox back.")
     entry = _cohort_entry(mailbox)
-    (backend or get_backend()).remove_user(entry.batch.backend_ref, mailbox.address)
+    # A removed batch took its users with it: there is nothing left to take the mailbox out of.
+    if entry.batch.status != MigrationBatchStatus.REMOVED:
+        (backend or get_backend()).remove_user(entry.batch.backend_ref, mailbox.address)
     with transaction.atomic():
         cohort_transition(
             mailbox_ids=[mailbox.pk],

@@ -147,7 +147,13 @@ def test_a_wave_runs_from_start_to_done_through_the_worker_task(approved_wave, c
         ]
     # Three cohorts in two batches, each cohort whole in one batch.
     assert wave.batches.count() == 2
-    assert set(wave.batches.values_list("status", flat=True)) == {MigrationBatchStatus.COMPLETING}
+    assert set(wave.batches.values_list("status", flat=True)) == {MigrationBatchStatus.COMPLETED}
+    for batch in wave.batches.all():
+        assert list(batch.events.values_list("from_status", "to_status")) == [
+            (MigrationBatchStatus.PLANNED, MigrationBatchStatus.SUBMITTED),
+            (MigrationBatchStatus.SUBMITTED, MigrationBatchStatus.COMPLETING),
+            (MigrationBatchStatus.COMPLETING, MigrationBatchStatus.COMPLETED),
+        ]
     for booking in wave.bookings.all():
         assert booking.cohort.values("batch").distinct().count() == 1
     assert_batches_match_the_backend(wave)
@@ -229,6 +235,71 @@ def test_after_the_wave_is_done_a_failed_mailbox_is_rolled_back_not_retried(
     assert mailbox.status == S.FAILED
 
     mailbox_roll_back(mailbox=mailbox, actor=carol, reason="Move it next week")
+    mailbox.refresh_from_db()
+    assert mailbox.status == S.ROLLED_BACK
+    assert not CohortMailbox.objects.filter(mailbox=mailbox, active=True).exists()
+
+
+def test_a_finished_waves_batches_are_removed_from_the_backend_once_kept_long_enough(
+    client, approved_wave, carol, settings
+):
+    settings.BATCH_KEEP_HOURS = 0
+    wave = wave_advance(start_wave_now(approved_wave, carol, cutover_in=timedelta(hours=1)).pk)
+    assert wave.status == W.RUNNING
+    assert tasks.remove_finished_batches() == 0  # a running wave's batches stay
+    assert SimulatedBatch.objects.count() == 2
+
+    Wave.objects.filter(pk=wave.pk).update(cutover_at=timezone.now())  # cutover time comes
+    settings.BATCH_KEEP_HOURS = 24
+    wave = drive_to_the_end(wave)
+    assert tasks.remove_finished_batches() == 0  # finished, but not 24 hours ago
+    assert SimulatedBatch.objects.count() == 2
+
+    settings.BATCH_KEEP_HOURS = 0
+    assert tasks.remove_finished_batches() == 2
+    assert SimulatedBatch.objects.count() == SimulatedUser.objects.count() == 0
+    for batch in wave.batches.all():
+        assert batch.status == MigrationBatchStatus.REMOVED
+        removal = batch.events.last()
+        assert (removal.from_status, removal.actor_label) == (
+            MigrationBatchStatus.COMPLETED,
+            "Migration worker",
+        )
+    assert tasks.remove_finished_batches() == 0
+    # The portal keeps every mailbox's record; the wave page says where its batches went.
+    assert_migration_histories(wave_mailbox_ids(wave))
+    client.force_login(carol)
+    page = client.get(f"/waves/{wave.public_id}/").content.decode()
+    assert page.count("Removed from the migration service") == 2
+
+
+def test_a_batch_already_gone_from_the_backend_is_recorded_as_removed(
+    approved_wave, carol, settings
+):
+    """A worker that stopped between removing a batch and recording it leaves no trace."""
+    settings.BATCH_KEEP_HOURS = 0
+    wave = drive_to_the_end(start_wave_now(approved_wave, carol, cutover_in=-timedelta(minutes=1)))
+    first = wave.batches.order_by("name").first()
+    get_backend().remove_batch(first.backend_ref)
+
+    assert tasks.remove_finished_batches() == 2
+    assert set(wave.batches.values_list("status", "last_error")) == {
+        (MigrationBatchStatus.REMOVED, "")
+    }
+
+
+def test_a_failed_mailbox_is_rolled_back_after_its_batch_was_removed(
+    approved_wave, carol, simulator, settings
+):
+    settings.MAILBOX_MAX_ATTEMPTS = 1
+    settings.BATCH_KEEP_HOURS = 0
+    simulator["failure_rate"] = 1.0
+    wave = drive_to_the_end(start_wave_now(approved_wave, carol, cutover_in=-timedelta(minutes=1)))
+    assert tasks.remove_finished_batches() == 2
+    mailbox = Mailbox.objects.filter(pk__in=wave_mailbox_ids(wave), status=S.FAILED).first()
+
+    mailbox_roll_back(mailbox=mailbox, actor=carol, reason="Book it next week")
+
     mailbox.refresh_from_db()
     assert mailbox.status == S.ROLLED_BACK
     assert not CohortMailbox.objects.filter(mailbox=mailbox, active=True).exists()

@@ -35,8 +35,14 @@ from waves.backends import (
     portal_status,
 )
 from waves.backends.exchange_online import ExchangeError, ExchangeOnlineBackend
-from waves.models import WAVE_ACTIVE, CohortMailbox, MigrationBatch, WaveStatus
-from waves.transfers import wave_advance
+from waves.models import (
+    WAVE_ACTIVE,
+    CohortMailbox,
+    MigrationBatch,
+    MigrationBatchStatus,
+    WaveStatus,
+)
+from waves.transfers import batches_remove_finished, wave_advance
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -283,6 +289,35 @@ def test_a_user_is_removed_from_its_own_batch_only(make_standin):
     assert list(statuses(backend)) == ["user00000@rcf.nhs.net", "user00002@rcf.nhs.net"]
     (removal,) = standin.standin.cmdlets_called("Remove-MigrationUser")
     assert removal.parameters == {"Identity": "user00001@rcf.nhs.net", "Confirm": False}
+
+
+def test_a_completed_batch_is_removed_and_removing_it_again_is_success(make_standin):
+    standin = make_standin()
+    backend = backend_for(standin)
+    create(backend)
+    backend.start_batch("w1-pilot-001")
+    wait_for(backend, {"Synced"})
+    backend.complete_batch("w1-pilot-001")
+    wait_for(backend, {"Completed"})
+
+    backend.remove_batch("w1-pilot-001")
+    assert backend.batch_names() == []
+    backend.remove_batch("w1-pilot-001")  # already gone: a worker that stopped, run again
+
+    first, again = standin.standin.cmdlets_called("Remove-MigrationBatch")
+    assert first.parameters == again.parameters == {"Identity": "w1-pilot-001", "Confirm": False}
+    create(backend, "w2-weeknight-001")  # its users may go in a new batch now
+    assert backend.batch_names() == ["w2-weeknight-001"]
+
+
+def test_a_syncing_batch_is_not_removed(make_standin):
+    backend = backend_for(make_standin(time_scale=1.0))
+    create(backend)
+    backend.start_batch("w1-pilot-001")  # its users queue for 30 s: the batch is Syncing
+
+    with pytest.raises(BackendError, match="can't be removed while it is Syncing"):
+        backend.remove_batch("w1-pilot-001")
+    assert backend.batch_names() == ["w1-pilot-001"]
 
 
 # Throttling, parallelism and failures on the way.
@@ -558,3 +593,15 @@ def test_the_engine_runs_a_wave_through_exchange_online(
     assert (retried.attempts, retried.last_error) == (1, FAILURE_TEXT)  # full text: statistics
     assert standin.standin.throttled > 0
     assert any(call.next_page for call in standin.standin.cmdlets_called("Get-MigrationUser"))
+
+    # Once kept long enough, the batches leave the tenant; one refused is tried again.
+    settings.BATCH_KEEP_HOURS = 0
+    standin.standin.fail_next(1)
+    assert batches_remove_finished() == 1
+    refused = MigrationBatch.objects.get(wave=wave, status=MigrationBatchStatus.COMPLETED)
+    assert "Exchange Online refused Remove-MigrationBatch" in refused.last_error
+    assert batches_remove_finished() == 1
+    assert standin.standin.batches == {}
+    assert set(MigrationBatch.objects.filter(wave=wave).values_list("status", "last_error")) == {
+        (MigrationBatchStatus.REMOVED, "")
+    }

@@ -37,6 +37,7 @@ from waves.models import (
     BookingStatus,
     CohortMailbox,
     MigrationBatch,
+    MigrationBatchStatus,
     SimulatedBatch,
     SimulatedUser,
     Wave,
@@ -50,6 +51,7 @@ W = WaveStatus
 PROJECT = Path(__file__).resolve().parents[2]
 MAX_ATTEMPTS = 3
 DRIVE_SCHEDULE_MIGRATION = import_module("waves.migrations.0002_drive_schedule")
+REMOVAL_SCHEDULE_MIGRATION = import_module("waves.migrations.0007_remove_finished_batches_schedule")
 WORKER_ENV = {
     "PORTAL_SIMULATOR_TIME_SCALE": "100000",
     "PORTAL_SIMULATOR_FAILURE_RATE": "0.05",
@@ -212,6 +214,21 @@ def test_a_worker_cluster_runs_a_whole_wave(wave_of_300, carol, drive_schedule, 
 
     assert_finished_cleanly(wave)
     assert Task.objects.filter(func="waves.tasks.drive_wave", success=True).exists()
+
+    # Its batches leave the backend on the removal schedule's first run (kept 0 hours here).
+    REMOVAL_SCHEDULE_MIGRATION.add_schedule(apps, None)
+    with Cluster(tmp_path / "removal.log", PORTAL_BATCH_KEEP_HOURS="0") as cluster:
+        wait_for(
+            lambda: not SimulatedBatch.objects.exists(),
+            cluster=cluster,
+            timeout=60,
+            what="the finished wave's batches to be removed",
+        )
+        cluster.stop()
+    assert set(MigrationBatch.objects.values_list("status", flat=True)) == {
+        MigrationBatchStatus.REMOVED
+    }
+    assert_migration_histories(wave_mailboxes(wave))
 
 
 def test_a_new_cluster_takes_over_a_wave_whose_worker_was_killed(

@@ -47,6 +47,9 @@ class MigrationBackend(Protocol):
 
     def remove_user(self, batch_ref: str, address: str) -> None: ...
 
+    def remove_batch(self, batch_ref: str) -> None:
+        """Remove a finished batch and its users from the service; one already gone is fine."""
+
     def user_statuses(self, batch_ref: str) -> Iterable[UserProgress]: ...
 
     def approve_skipped_items(self, batch_ref: str, address: str) -> None:

@@ -10,6 +10,7 @@ the code that relies on it, so that it is easy to correct.
                  once Get-MigrationBatch confirms a batch of that name is there
   start/stop/complete   Start-, Stop-, Complete-MigrationBatch -Identity
   remove_user    Remove-MigrationUser -Identity, after checking the user is in that batch
+  remove_batch   Remove-MigrationBatch -Identity; "couldn't be found" is success (already gone)
   user_statuses  Get-MigrationUser -BatchId, every page; Get-MigrationUserStatistics for a
                  bounded number of users per poll (bytes copied, full error text); each user's
                  DataConsistencyScore
@@ -461,6 +462,14 @@ class ExchangeOnlineBackend:
     def remove_user(self, batch_ref: str, address: str) -> None:
         self._check_in_batch(batch_ref, address)
         self._invoke("Remove-MigrationUser", {"Identity": address, "Confirm": False})
+
+    def remove_batch(self, batch_ref: str) -> None:
+        try:
+            self._invoke("Remove-MigrationBatch", {"Identity": batch_ref, "Confirm": False})
+        except ExchangeError as error:
+            if not error.not_found:
+                raise
+            log.info("Migration batch %s is no longer in Exchange Online", batch_ref)
 
     def _check_in_batch(self, batch_ref: str, address: str) -> None:
         rows = self._invoke("Get-MigrationUser", {"Identity": address})

@@ -114,6 +114,9 @@ class SimulatorBackend:
         if not self._batch(batch_ref).users.filter(address=address).update(removed=True):
             raise BackendError(f"{address} is not in the migration batch {batch_ref!r}.")
 
+    def remove_batch(self, batch_ref: str) -> None:
+        SimulatedBatch.objects.filter(name=batch_ref).delete()
+
     def approve_skipped_items(self, batch_ref: str, address: str) -> None:
         """Recorded only: the simulator grades every move Perfect, so nothing waits on it."""
         users = self._batch(batch_ref).users.filter(address=address, removed=False)
