@@ -30,14 +30,16 @@ from mailboxes.models import (
     ImportRun,
     ImportStatus,
     Mailbox,
+    MailboxSize,
     MailboxStatus,
     Organisation,
     OrganisationType,
     RecipientType,
 )
 from mailboxes.selectors import (
+    mailbox_readiness,
     mailbox_search_q,
-    mailbox_status_counts,
+    mailbox_size_q,
     mailboxes_for,
     organisations_for,
 )
@@ -89,17 +91,39 @@ class OrganisationSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ReadinessSerializer(serializers.Serializer):
+    mailboxes = serializers.IntegerField(source="total")
+    size_bytes = serializers.IntegerField(help_text="Data in all the organisation's mailboxes.")
+    over_100_gb = serializers.IntegerField(
+        source="large",
+        help_text="Mailboxes still to move of 100 GB to 200 GB: check their licences.",
+    )
+    over_200_gb = serializers.IntegerField(
+        source="too_large",
+        help_text="Mailboxes still to move over 200 GB, which Exchange Online does not move.",
+    )
+
+
 class OrganisationDetailSerializer(OrganisationSerializer):
     mailbox_counts = serializers.SerializerMethodField(
         help_text="Number of the organisation's mailboxes in each status."
     )
+    readiness = serializers.SerializerMethodField()
 
     class Meta(OrganisationSerializer.Meta):
-        fields = [*OrganisationSerializer.Meta.fields, "mailbox_counts"]
+        fields = [*OrganisationSerializer.Meta.fields, "mailbox_counts", "readiness"]
         read_only_fields = fields
 
+    def to_representation(self, organisation: Organisation) -> dict:
+        self._readiness = mailbox_readiness(organisation)  # one query for both fields
+        return super().to_representation(organisation)
+
     def get_mailbox_counts(self, organisation: Organisation) -> dict[str, int]:
-        return mailbox_status_counts(organisation)
+        return self._readiness.counts
+
+    @extend_schema_field(ReadinessSerializer)
+    def get_readiness(self, organisation: Organisation) -> dict:
+        return ReadinessSerializer(self._readiness).data
 
 
 @extend_schema_view(
@@ -149,6 +173,11 @@ class MailboxFilter(filters.FilterSet):
     )
     status = filters.ChoiceFilter(choices=MailboxStatus.choices)
     recipient_type = filters.ChoiceFilter(choices=RecipientType.choices)
+    size = filters.ChoiceFilter(
+        choices=MailboxSize.choices,
+        method="filter_size",
+        help_text="Mailboxes still to move of 100 GB to 200 GB, or over 200 GB.",
+    )
     search = filters.CharFilter(
         method="filter_search",
         max_length=254,
@@ -157,7 +186,10 @@ class MailboxFilter(filters.FilterSet):
 
     class Meta:
         model = Mailbox
-        fields = ["organisation", "status", "recipient_type", "search"]
+        fields = ["organisation", "status", "recipient_type", "size", "search"]
+
+    def filter_size(self, queryset: QuerySet[Mailbox], name: str, value: str) -> QuerySet[Mailbox]:
+        return queryset.filter(mailbox_size_q(value))
 
     def filter_search(
         self, queryset: QuerySet[Mailbox], name: str, value: str

@@ -1,7 +1,7 @@
 from django import forms
 
 from mailboxes.importing import upload_problem
-from mailboxes.models import ImportKind, MailboxStatus, RecipientType
+from mailboxes.models import ImportKind, MailboxSize, MailboxStatus, RecipientType
 from portal.lib.forms import NHSFormMixin
 
 
@@ -12,6 +12,9 @@ class MailboxFilterForm(NHSFormMixin, forms.Form):
     )
     recipient_type = forms.ChoiceField(
         label="Type", required=False, choices=[("", "Any type"), *RecipientType.choices]
+    )
+    size = forms.ChoiceField(
+        label="Size", required=False, choices=[("", "Any size"), *MailboxSize.choices]
     )
 
 

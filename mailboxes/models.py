@@ -35,6 +35,25 @@ class Organisation(models.Model):
         return f"{self.name} ({self.code})"
 
 
+GB = 1024**3
+# Exchange Online's limits on a mailbox moved as it is.
+LARGE_MAILBOX_BYTES = 100 * GB  # the primary mailbox quota on most Exchange Online plans
+MAX_MAILBOX_BYTES = 200 * GB  # Exchange Online does not support moving larger mailboxes
+
+
+class MailboxSize(models.TextChoices):
+    """Sizes that stand in the way of a move, as a filter of the mailbox lists."""
+
+    LARGE = "over_100_gb", "100 GB to 200 GB: check the licence"
+    TOO_LARGE = "over_200_gb", "Over 200 GB: too large to move"
+
+
+MAILBOX_SIZE_BOUNDS = {
+    MailboxSize.LARGE: (LARGE_MAILBOX_BYTES, MAX_MAILBOX_BYTES),
+    MailboxSize.TOO_LARGE: (MAX_MAILBOX_BYTES, None),
+}
+
+
 class RecipientType(models.TextChoices):
     USER = "UserMailbox", "User"
     SHARED = "SharedMailbox", "Shared"

@@ -1,13 +1,20 @@
 """Reads of organisations and mailboxes, always through the user's organisation scope."""
 
 import re
+from dataclasses import dataclass
 
 from django.db import connection
-from django.db.models import CharField, Count, F, Func, Q, QuerySet
+from django.db.models import CharField, Count, F, Func, Q, QuerySet, Sum
 from django.db.models.lookups import IContains
 from django.http import Http404
 
-from mailboxes.models import Mailbox, MailboxStatus, Organisation
+from mailboxes.models import (
+    MAILBOX_SIZE_BOUNDS,
+    Mailbox,
+    MailboxSize,
+    MailboxStatus,
+    Organisation,
+)
 from portal.auth import Role, role_of
 
 SEARCH_LIMIT = 20
@@ -58,6 +65,7 @@ def mailbox_list(
     organisation: Organisation,
     status: str = "",
     recipient_type: str = "",
+    size: str = "",
     search: str = "",
 ) -> QuerySet[Mailbox]:
     mailboxes = Mailbox.objects.filter(organisation=organisation)
@@ -65,6 +73,8 @@ def mailbox_list(
         mailboxes = mailboxes.filter(status=status)
     if recipient_type:
         mailboxes = mailboxes.filter(recipient_type=recipient_type)
+    if size:
+        mailboxes = mailboxes.filter(mailbox_size_q(size))
     if search.strip():
         mailboxes = mailboxes.filter(mailbox_search_q(search))
     return mailboxes.order_by("address")
@@ -105,14 +115,48 @@ def _name_q(words: list[str]) -> Q:
     return match
 
 
-def mailbox_status_counts(organisation: Organisation) -> dict[str, int]:
-    counts = dict(
+def mailbox_size_q(size: MailboxSize | str) -> Q:
+    """Mailboxes still to move (not completed) whose size is in the band `size` names."""
+    low, high = MAILBOX_SIZE_BOUNDS[MailboxSize(size)]
+    match = Q(size_bytes__gt=low) & ~Q(status=MailboxStatus.COMPLETED)
+    return match & Q(size_bytes__lte=high) if high is not None else match
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """An organisation's mailboxes: how many in each status, and what stands in their way."""
+
+    counts: dict[str, int]  # every status, 0 where none
+    size_bytes: int
+    large: int  # still to move, over 100 GB and up to 200 GB: check their licences
+    too_large: int  # still to move, over 200 GB: Exchange Online does not move them
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def mailbox_readiness(organisation: Organisation) -> Readiness:
+    """One pass over the organisation's mailboxes (50,000 for the largest trust)."""
+    rows = (
         Mailbox.objects.filter(organisation=organisation)
         .values_list("status")
-        .annotate(n=Count("pk"))
+        .annotate(
+            n=Count("pk"),
+            size=Sum("size_bytes"),
+            large=Count("pk", filter=mailbox_size_q(MailboxSize.LARGE)),
+            too_large=Count("pk", filter=mailbox_size_q(MailboxSize.TOO_LARGE)),
+        )
         .order_by()
     )
-    return {status: counts.get(status, 0) for status in MailboxStatus.values}
+    counts = dict.fromkeys(MailboxStatus.values, 0)
+    size_bytes = large = too_large = 0
+    for status, n, size, over_limit, over_max in rows:
+        counts[status] = n
+        size_bytes += size or 0
+        large += over_limit
+        too_large += over_max
+    return Readiness(counts, size_bytes, large, too_large)
 
 
 def mailboxes_for(user) -> QuerySet[Mailbox]:

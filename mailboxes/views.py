@@ -12,12 +12,18 @@ from mailboxes.importing import (
     upload_declared_too_large,
     upload_save,
 )
-from mailboxes.models import MAILBOX_STATUS_COLOURS, ImportRun, ImportStatus, MailboxStatus
+from mailboxes.models import (
+    MAILBOX_STATUS_COLOURS,
+    ImportRun,
+    ImportStatus,
+    MailboxSize,
+    MailboxStatus,
+)
 from mailboxes.selectors import (
     mailbox_list as select_mailboxes,
 )
 from mailboxes.selectors import (
-    mailbox_status_counts,
+    mailbox_readiness,
     organisation_for,
     organisations_for,
 )
@@ -44,12 +50,13 @@ def mailbox_list(request: HttpRequest) -> HttpResponse:
         organisation=organisation,
         status=filters.get("status", ""),
         recipient_type=filters.get("recipient_type", ""),
+        size=filters.get("size", ""),
         search=filters.get("q", ""),
     ).only("address", "display_name", "recipient_type", "size_bytes", "status")
     page = Paginator(mailboxes, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    counts = mailbox_status_counts(organisation)
+    readiness = mailbox_readiness(organisation)
     context = {
         "organisation": organisation,
         "organisations": organisations.order_by("name")[:50],
@@ -57,9 +64,12 @@ def mailbox_list(request: HttpRequest) -> HttpResponse:
         "page_obj": page,
         "querystring": query.urlencode(),
         "counts": [
-            (MailboxStatus(s).label, MAILBOX_STATUS_COLOURS[s], n) for s, n in counts.items() if n
+            (MailboxStatus(s).label, MAILBOX_STATUS_COLOURS[s], n)
+            for s, n in readiness.counts.items()
+            if n
         ],
-        "total": sum(counts.values()),
+        "readiness": readiness,
+        "sizes": MailboxSize,
     }
     template = "mailboxes/list.html#results" if request.htmx else "mailboxes/list.html"
     return render(request, template, context)

@@ -18,15 +18,13 @@ from dataclasses import dataclass
 from django.db.models import Max, QuerySet
 from django.template.defaultfilters import pluralize
 
+from mailboxes.models import GB, LARGE_MAILBOX_BYTES, MAX_MAILBOX_BYTES
 from waves.backends import TENANT_MAX_BATCHES, BackendError, MigrationBackend, get_backend
 from waves.models import BookingStatus, CohortMailbox, Wave, WaveStatus
 from waves.transfers import wave_batch_names
 
 # A pre-flight check is for a wave that has not started.
 PREFLIGHT_STATUSES = {WaveStatus.PLANNED, WaveStatus.OPEN, WaveStatus.CLOSED}
-GB = 1024**3
-LARGE_MAILBOX_BYTES = 100 * GB  # the primary mailbox quota on most Exchange Online plans
-MAX_MAILBOX_BYTES = 200 * GB  # Exchange Online does not support moving larger mailboxes
 RECIPIENT_SAMPLE = 200  # addresses looked up at the target per run (10 calls to Exchange)
 LISTED = 5  # addresses named in a check's detail
 READY_RECIPIENT_TYPES = {"MailUser"}  # a mailbox still on the old platform, synced to the target

@@ -36,8 +36,11 @@ def test_the_mailbox_filters_sit_side_by_side_without_overlapping(page, alice, a
 
     for width in (1280, 800):
         page.set_viewport_size({"width": width, "height": 900})
-        main, search, status, kind = boxes(
-            page, "main", "#id_q", "#id_status", "#id_recipient_type"
+        main, status, kind, size = boxes(
+            page, "main", "#id_status", "#id_recipient_type", "#id_size"
         )
-        assert search[1] <= status[0] and status[1] <= kind[0], f"the filters overlap at {width}"
-        assert kind[1] <= main[1], f"the Type filter sticks out of the page at {width}"
+        assert status[1] <= kind[0] and kind[1] <= size[0], f"the filters overlap at {width}"
+        assert size[1] <= main[1], f"the Size filter sticks out of the page at {width}"
+        search = page.locator("#id_q").bounding_box()
+        below = page.locator("#id_status").bounding_box()
+        assert search["y"] + search["height"] <= below["y"], f"the search box overlaps at {width}"

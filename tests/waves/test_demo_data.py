@@ -66,8 +66,14 @@ def test_it_creates_the_mailboxes_asked_for(demo):
         assert mailbox.address.endswith("@nhs.net")
         local = mailbox.address.removesuffix("@nhs.net")
         assert mailbox.upn == f"{local}@{mailbox.organisation.code.lower()}.nhs.uk"
-        assert 0 < mailbox.size_bytes <= 90 * 1024**3
+        assert 0 < mailbox.size_bytes <= 215 * 1024**3
         assert mailbox.item_count > 0
+    oversized = mailboxes.filter(size_bytes__gt=90 * 1024**3)
+    assert sorted(oversized.values_list("organisation__code", "size_bytes")) == [
+        ("RR8", 130 * 1024**3),
+        ("RR8", 165 * 1024**3),
+        ("RR8", 215 * 1024**3),
+    ]
     sizes = {
         kind: sorted(o.mailboxes.count() for o in Organisation.objects.filter(type=kind))
         for kind in (OrganisationType.TRUST, OrganisationType.GP_PRACTICE)

@@ -45,6 +45,8 @@ LONDON = ZoneInfo("Europe/London")
 GB = 1024**3
 MB = 1024**2
 MAX_MAILBOX_BYTES = 90 * GB
+OVERSIZED_IN = "RR8"  # the demo lead's trust
+OVERSIZED = [130 * GB, 165 * GB, 215 * GB]  # two over the usual quota, one too large to move
 SIZE_SIGMA = 1.25  # log-normal spread: most mailboxes small, a few tens of GB
 SIZE_MU = math.log(GB) - SIZE_SIGMA**2 / 2  # so that the mean is 1 GB
 CAPACITY = {WaveKind.WEEKNIGHT: 22_000, WaveKind.WEEKEND: 83_000}  # mailboxes, and GB
@@ -387,7 +389,15 @@ class DemoLoader:
         rows = []
         for code, count in self.mailbox_counts().items():
             org = self.orgs[code]
-            rows.extend(self.mailbox(org) for _ in range(count))
+            made = [self.mailbox(org) for _ in range(count)]
+            if code == OVERSIZED_IN:
+                # Every large estate has a few mailboxes past Exchange Online's limits: the
+                # lead's readiness then warns of them.
+                for mailbox, size in zip(
+                    self.rng.sample(made, len(OVERSIZED)), OVERSIZED, strict=True
+                ):
+                    mailbox.size_bytes = size
+            rows.extend(made)
         Mailbox.objects.bulk_create(rows, batch_size=2000)
 
     def mailbox(self, org: Organisation) -> Mailbox:
