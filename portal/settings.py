@@ -175,6 +175,28 @@ Q_CLUSTER = {
 if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     raise ImproperlyConfigured("PORTAL_Q_TIMEOUT: must be below PORTAL_Q_RETRY")
 
+# Email to IT leads about their bookings (waves/emails.py). Without a mail server, messages go
+# to the worker's log.
+EMAIL_HOST = env_str("PORTAL_EMAIL_HOST", "")
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = env_int("PORTAL_EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("PORTAL_EMAIL_USER", "")
+EMAIL_HOST_PASSWORD = env_str("PORTAL_EMAIL_PASSWORD", "", allow_file=True)
+EMAIL_USE_TLS = env_bool("PORTAL_EMAIL_USE_TLS", True)
+EMAIL_TIMEOUT = 30
+DEFAULT_FROM_EMAIL = env_str(
+    "PORTAL_EMAIL_FROM", "Migration control portal <migration-portal@localhost>"
+)
+# Where the portal is reached, for the links in emails: by default its first allowed host.
+_HOST = next((host.lstrip(".") for host in ALLOWED_HOSTS if host != "*"), "localhost")
+PORTAL_URL = env_str("PORTAL_URL", f"https://{_HOST}" if HTTPS else f"http://{_HOST}:8000").rstrip(
+    "/"
+)
+
 # The transfer engine. See waves/backends/ and README.md, "Configuration".
 MIGRATION_BACKEND = env_choice(
     "PORTAL_MIGRATION_BACKEND", "simulator", {"simulator", "exchange_online"}

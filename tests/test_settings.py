@@ -56,6 +56,17 @@ def test_a_bad_value_stops_start_up_naming_the_variable(variable, value, message
     assert message in result.stderr
 
 
+def test_email_links_point_at_the_first_allowed_host_unless_told_otherwise():
+    def portal_url(**env: str) -> str:
+        code = "from django.conf import settings; print(settings.PORTAL_URL)"
+        result = manage("shell", "--no-imports", "-c", code, **{**PRODUCTION, **env})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    assert portal_url() == "https://portal.example.nhs.uk"
+    assert portal_url(PORTAL_URL="https://migration.nhs.uk/") == "https://migration.nhs.uk"
+
+
 def test_a_secret_can_come_from_a_file(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("from-a-file-" + "y" * 50 + "\n")

@@ -22,6 +22,7 @@ from portal.lib.transitions import (
     chunked,
     transition_rows,
 )
+from waves.emails import email_soon
 from waves.models import (
     BOOKING_ACTIVE,
     BOOKING_COUNTED,
@@ -78,7 +79,8 @@ def wave_transition(
 def bookings_transition(
     *, booking_ids: Sequence[int], to: BookingStatus, actor: Actor, reason: str = "", **updates
 ) -> list[int]:
-    return transition_rows(
+    """Move bookings to `to` where the rules allow it; their leads are emailed once it commits."""
+    moved = transition_rows(
         model=Booking,
         event_model=BookingEvent,
         event_fk="booking",
@@ -89,6 +91,8 @@ def bookings_transition(
         reason=reason,
         updates=updates,
     )
+    email_soon(moved, to)
+    return moved
 
 
 def batches_transition(

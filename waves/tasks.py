@@ -4,7 +4,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django_q.tasks import async_task
 
-from waves import transfers
+from waves import emails, transfers
 
 
 def drive_wave(wave_id: int) -> bool:
@@ -29,6 +29,12 @@ def drive_active_waves() -> int:
 def remove_finished_batches() -> int:
     """Scheduled every 15 minutes: take finished waves' batches out of the migration service."""
     return transfers.batches_remove_finished()
+
+
+def email_booking(booking_id: int, status: str) -> int:
+    """Email the booking's leads of its move to `status`; returns how many were sent."""
+    message = emails.booking_email(booking_id, status)
+    return message.send() if message is not None else 0
 
 
 def approve_investigate_items(wave_id: int, user_id: int) -> int:
