@@ -788,6 +788,12 @@ def pages_before_run(pages: Pages, cast: Cast, search_prefix: str, search_name: 
     )
     pages.time("Central: wave list (overview)", central, "/waves/")
     pages.time("Central: booking queue", central, "/waves/bookings/")
+    pages.time("Central: organisations yet to book", central, "/waves/not-booked/")
+    pages.time(
+        "Central: organisations yet to book, trusts, page 2",
+        central,
+        "/waves/not-booked/?type=trust&page=2",
+    )
     booking = cast.big_booking
     pages.time(
         f"Central: booking of {booking.mailbox_count:,} mailboxes",

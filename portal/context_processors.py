@@ -11,6 +11,7 @@ NAVIGATION = {
     Role.CENTRAL_TEAM: [
         ("Waves", "waves:list", []),
         ("Bookings to review", "waves:booking_queue", []),
+        ("Yet to book", "waves:not_booked", []),
         ("Find a mailbox", "support:search", []),
         ("Imports", "mailboxes:imports", []),
     ],

@@ -203,6 +203,16 @@ def test_booking_queue(client, carol, alice):
     assert_flat(few, render(client, url), 'value="approve"')
 
 
+def test_organisations_yet_to_book(client, carol, alice, bob):
+    small_organisations(1, lead=alice)
+    client.force_login(carol)
+    url = reverse("waves:not_booked")
+    few = render(client, url)
+    for organisation in small_organisations(12, lead=alice, prefix="Z", mailboxes=3):
+        organisation.leads.add(bob)  # two leads each
+    assert_flat(few, render(client, url), 'href="/mailboxes/?organisation=')
+
+
 def test_booking_detail(client, carol, alice):
     organisation = make_organisation("RCF", "Airedale", lead=alice, mailboxes=2)
     wave = make_wave(carol)

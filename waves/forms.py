@@ -3,6 +3,7 @@ import re
 from django import forms
 from django.utils import timezone
 
+from mailboxes.models import Organisation, OrganisationType
 from portal.lib.forms import NHSFormMixin
 from waves.models import Wave, WaveKind
 
@@ -16,6 +17,23 @@ class UKDateTimeField(forms.DateTimeField):
         super().__init__(
             input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"], help_text=UK_TIME, **kwargs
         )
+
+
+class NotBookedFilterForm(NHSFormMixin, forms.Form):
+    """Which organisations yet to book to list: by region and type."""
+
+    region = forms.ChoiceField(label="Region", required=False)
+    type = forms.ChoiceField(
+        label="Type", required=False, choices=[("", "Any type"), *OrganisationType.choices]
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        regions = Organisation.objects.exclude(region="").values_list("region", flat=True)
+        self.fields["region"].choices = [
+            ("", "Any region"),
+            *((region, region) for region in regions.distinct().order_by("region")),
+        ]
 
 
 class MailboxFindForm(forms.Form):

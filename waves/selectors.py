@@ -1,6 +1,6 @@
 """Reads of waves and bookings: capacity, queues, progress."""
 
-from django.db.models import Count, Q, QuerySet, Sum, Value
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -38,6 +38,23 @@ def bookings_for_organisations(organisations: QuerySet[Organisation]) -> QuerySe
         .select_related("wave", "organisation", "submitted_by")
         .order_by("-created_at")
     )
+
+
+def organisations_not_booked(*, region: str = "", type_: str = "") -> QuerySet[Organisation]:
+    """Organisations with mailboxes that have booked none of them: whom the central team chases.
+
+    A rejected or withdrawn booking leaves an organisation on the list; one submitted, approved,
+    under way or done takes it off. Leads come with them, by name.
+    """
+    booked = Booking.objects.filter(organisation=OuterRef("pk"), status__in=BOOKING_COUNTED)
+    organisations = Organisation.objects.filter(
+        Exists(Mailbox.objects.filter(organisation=OuterRef("pk")))
+    ).exclude(Exists(booked))
+    if region:
+        organisations = organisations.filter(region=region)
+    if type_:
+        organisations = organisations.filter(type=type_)
+    return organisations.prefetch_related("leads").order_by("name", "code")
 
 
 def booking_queue() -> QuerySet[Booking]:

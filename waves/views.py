@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
@@ -12,8 +12,9 @@ from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from mailboxes.models import MAILBOX_STATUS_COLOURS, Mailbox, MailboxStatus
+from mailboxes.models import MAILBOX_STATUS_COLOURS, Mailbox, MailboxStatus, Organisation
 from mailboxes.selectors import (
+    mailbox_counts,
     mailbox_search_q,
     mailboxes_for,
     organisation_for,
@@ -28,6 +29,7 @@ from waves.forms import (
     MAX_LISTED,
     BookingForm,
     MailboxFindForm,
+    NotBookedFilterForm,
     ReasonForm,
     RejectForm,
     WaveForm,
@@ -39,6 +41,7 @@ from waves.selectors import (
 from waves.selectors import (
     booking_status_counts,
     bookings_for_organisations,
+    organisations_not_booked,
     wave_awaiting_approval,
     wave_awaiting_investigate,
     wave_failures,
@@ -264,6 +267,64 @@ def _render_queue(request: HttpRequest, *, error_for: Booking | None = None, err
     page = Paginator(select_booking_queue(), 50).get_page(request.GET.get("page"))
     context = {"page_obj": page, "querystring": "", "error_for": error_for, "error": error}
     return render(request, "waves/booking_queue.html", context, status=400 if error else 200)
+
+
+ORGANISATIONS_PER_PAGE = 50
+
+
+def _not_booked(request: HttpRequest) -> tuple[NotBookedFilterForm, QuerySet[Organisation]]:
+    form = NotBookedFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    organisations = organisations_not_booked(
+        region=filters.get("region", ""), type_=filters.get("type", "")
+    )
+    return form, organisations
+
+
+@require_GET
+@role_required(CENTRAL)
+def not_booked(request: HttpRequest) -> HttpResponse:
+    """Organisations with mailboxes that have booked none: whom to chase, with their leads."""
+    form, organisations = _not_booked(request)
+    page = Paginator(organisations, ORGANISATIONS_PER_PAGE).get_page(request.GET.get("page"))
+    counts = mailbox_counts([organisation.pk for organisation in page])
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "form": form,
+        "page_obj": page,
+        "rows": [(organisation, counts.get(organisation.pk, 0)) for organisation in page],
+        "querystring": query.urlencode(),
+    }
+    return render(request, "waves/not_booked.html", context)
+
+
+@require_GET
+@role_required(CENTRAL)
+def not_booked_csv(request: HttpRequest) -> StreamingHttpResponse:
+    """The same organisations, filtered the same way, as CSV for a mail merge."""
+    _, organisations = _not_booked(request)
+    counts = mailbox_counts(organisations)
+    writer = csv.writer(_Echo(), lineterminator="\r\n")
+    header = ("OrganisationCode", "Name", "Type", "Region", "Mailboxes", "Leads", "LeadEmails")
+    rows = (
+        (
+            organisation.code,
+            organisation.name,
+            organisation.get_type_display(),
+            organisation.region,
+            counts.get(organisation.pk, 0),
+            "; ".join(lead.get_full_name() or lead.username for lead in organisation.leads.all()),
+            "; ".join(lead.email for lead in organisation.leads.all() if lead.email),
+        )
+        for organisation in organisations.iterator(chunk_size=2000)
+    )
+    response = StreamingHttpResponse(
+        (writer.writerow(row) for row in itertools.chain([header], rows)),
+        content_type="text/csv; charset=utf-8",
+    )
+    response["Content-Disposition"] = 'attachment; filename="organisations-yet-to-book.csv"'
+    return response
 
 
 @require_POST
