@@ -361,6 +361,7 @@ class DemoLoader:
                     username=f"lead.{spec.code.lower()}",
                     first_name=first,
                     last_name=last,
+                    email=f"{slug(first)}.{slug(last)}.{spec.code}@nhs.net".lower(),
                     password=make_password(None),  # exists to book; cannot sign in
                 )
                 grant_role(lead, Role.IT_LEAD)
