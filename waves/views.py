@@ -309,12 +309,16 @@ def not_booked_csv(request: HttpRequest) -> StreamingHttpResponse:
     header = ("OrganisationCode", "Name", "Type", "Region", "Mailboxes", "Leads", "LeadEmails")
     rows = (
         (
-            organisation.code,
-            organisation.name,
+            _spreadsheet_text(organisation.code),
+            _spreadsheet_text(organisation.name),
             organisation.get_type_display(),
-            organisation.region,
+            _spreadsheet_text(organisation.region),
             counts.get(organisation.pk, 0),
-            "; ".join(lead.get_full_name() or lead.username for lead in organisation.leads.all()),
+            _spreadsheet_text(
+                "; ".join(
+                    lead.get_full_name() or lead.username for lead in organisation.leads.all()
+                )
+            ),
             "; ".join(lead.email for lead in organisation.leads.all() if lead.email),
         )
         for organisation in organisations.iterator(chunk_size=2000)
@@ -325,6 +329,12 @@ def not_booked_csv(request: HttpRequest) -> StreamingHttpResponse:
     )
     response["Content-Disposition"] = 'attachment; filename="organisations-yet-to-book.csv"'
     return response
+
+
+def _spreadsheet_text(text: str) -> str:
+    """Text a spreadsheet shows as it is: one starting like a formula gets a leading quote, so
+    a name imported as "=HYPERLINK(…)" is not run when the CSV is opened (OWASP CSV injection)."""
+    return f"'{text}" if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
 @require_POST

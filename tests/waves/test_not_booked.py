@@ -84,6 +84,16 @@ def test_the_csv_lists_the_same_organisations_for_a_mail_merge(client, carol, or
     ]
 
 
+def test_a_name_that_looks_like_a_formula_is_not_run_by_a_spreadsheet(client, carol, wave):
+    make_organisation("Y009", '=HYPERLINK("http://evil.example","Click")', mailboxes=1)
+    client.force_login(carol)
+
+    response = client.get(CSV_URL)
+
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert rows[1][:2] == ["Y009", '\'=HYPERLINK("http://evil.example","Click")']
+
+
 def test_a_filter_value_it_does_not_know_is_shown_as_an_error(client, carol, organisations):
     client.force_login(carol)
     response = client.get(URL + "?type=castle")
