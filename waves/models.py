@@ -293,37 +293,23 @@ class CohortMailbox(models.Model):
         return f"{self.mailbox_id} in booking {self.booking_id}"
 
 
-class WaveEvent(models.Model):
+class WaveEvent(StatusEvent):
+    """One change of a wave's status: planned, opened, closed, started, paused, done."""
+
     wave = models.ForeignKey(Wave, on_delete=models.CASCADE, related_name="events")
-    at = models.DateTimeField()
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    actor_label = models.CharField(max_length=150)
     from_status = models.CharField(max_length=20, choices=WaveStatus.choices, blank=True)
     to_status = models.CharField(max_length=20, choices=WaveStatus.choices)
-    reason = models.CharField(max_length=500, blank=True)
-
-    class Meta:
-        ordering = ["at", "id"]
 
     def __str__(self) -> str:
         return f"{self.wave_id}: {self.from_status or '-'} → {self.to_status}"
 
 
-class BookingEvent(models.Model):
+class BookingEvent(StatusEvent):
+    """One change of a booking's status: submitted, decided, withdrawn, under way, done."""
+
     booking = models.ForeignKey(Booking, on_delete=models.CASCADE, related_name="events")
-    at = models.DateTimeField()
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    actor_label = models.CharField(max_length=150)
     from_status = models.CharField(max_length=20, choices=BookingStatus.choices, blank=True)
     to_status = models.CharField(max_length=20, choices=BookingStatus.choices)
-    reason = models.CharField(max_length=500, blank=True)
-
-    class Meta:
-        ordering = ["at", "id"]
 
     def __str__(self) -> str:
         return f"{self.booking_id}: {self.from_status or '-'} → {self.to_status}"
