@@ -683,6 +683,7 @@ def _mailboxes_load_direct(
                 rows.close()
             if problems.count and not skip_bad_rows:
                 raise _NoBulkLoad(busy=False)  # the staged load will report every problem
+            phases.done("read, check and copy into a work table")
             every = f"{columns}, status, status_changed_at"
             cursor.execute(
                 f"INSERT INTO {table} (id, {every})"  # noqa: S608 - quoted model names
@@ -700,7 +701,7 @@ def _mailboxes_load_direct(
             report.rows_read = rows.rows_read
             problems.finish(report)
             report.bad_rows = problems.bad_lines
-            phases.done("read, check and copy into the table")
+            phases.done("write to the table in organisation order")
             if not report.rows_read:
                 return True, False  # refused by the caller
             _bulk_load_end(cursor, bulk)

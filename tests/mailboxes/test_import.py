@@ -867,7 +867,7 @@ def test_a_first_load_copies_into_the_table_and_leaves_its_schema_as_it_was(
         out = run_command("import_mailboxes", DATA / "mailboxes.csv")
 
     assert "created 6" in out
-    assert "copy into the table" in caplog.text
+    assert "write to the table in organisation order" in caplog.text
     assert (mailbox_schema(), column_defaults()) == (schema, defaults)
     bob = Mailbox.objects.get(address="bob.jones@rcf.nhs.net")
     assert (bob.upn, bob.display_name, bob.size_bytes, bob.organisation.code) == (
