@@ -569,13 +569,12 @@ _COPY_TYPES = ("text", "text", "text", "text", "int8", "int8", "int8")
 def _mailboxes_load_postgres(
     stream, org_ids: dict[str, int], report: ImportReport, skip_bad_rows: bool, progress
 ) -> None:
-    """Load on PostgreSQL: in organisation order into an empty table when possible, else staged.
+    """Load on PostgreSQL: straight into an empty table when possible, else staged.
 
     The first national load of a large file into an empty table (`_mailboxes_load_direct`)
-    writes the checked rows in organisation order, the table's indexes dropped and built again
-    after;
-    everything else (`_mailboxes_load_staged`) copies into a staging table, checks across the
-    file there and merges in one statement.
+    writes the checked rows with each organisation's mailboxes together, the table's indexes
+    dropped and built again after; everything else (`_mailboxes_load_staged`) copies into a
+    staging table, checks across the file there and merges in one statement.
     """
     table = connection.ops.quote_name(Mailbox._meta.db_table)
     phases = _Phases()
@@ -626,12 +625,18 @@ class _NoBulkLoad(Exception):
 def _mailboxes_load_direct(
     cursor, table, stream, org_ids, report, skip_bad_rows, progress, phases
 ) -> tuple[bool, bool]:
-    """The first load of a large file into an empty table, in (organisation, address) order.
+    """The first load of a large file into an empty table, each organisation's mailboxes together.
 
-    The checked rows are copied into an unlogged work table, then written to the table sorted
-    by organisation and address in one INSERT, with ids in that order.
+    A file that lists each organisation's mailboxes together (an export made organisation by
+    organisation, or sorted by it) is copied straight into the table, one organisation at a time
+    sorted by address. Any other file is found out at its first row of an organisation already
+    left behind (for most files, within the first rows), that copy is undone, and the file is
+    read again into an unlogged work table, then written to the table sorted by organisation and
+    address in one INSERT. Either way each organisation's mailboxes share a few pages, in the
+    order an IT lead's page lists them, which is what a booking, a wave's poll and that page read
+    and write; ids follow the rows.
 
-    Its indexes and constraints other than the primary key are dropped first (see
+    The table's indexes and constraints other than the primary key are dropped first (see
     _bulk_load_begin) and built again at the end, unique ones first: a unique index that cannot
     be built is an address or UPN twice in the file. Then, as when the file has a bad row and
     bad rows are not to be skipped, everything done here is rolled back and the file is read
@@ -640,9 +645,7 @@ def _mailboxes_load_direct(
     """
     from psycopg.errors import UniqueViolation
 
-    columns = ", ".join(_MAILBOX_FIELDS)
     problems = _Problems()
-    written = 0
     try:
         with transaction.atomic():
             bulk = _bulk_load_begin(cursor, table, only_if_empty=True)
@@ -656,42 +659,52 @@ def _mailboxes_load_direct(
                 raise _NoBulkLoad(busy=False)
             cursor.execute("SELECT nextval(%s)", [sequence])
             (first_id,) = cursor.fetchone()
-            # Rows land in a work table first, then in the table in (organisation, address)
-            # order: each organisation's mailboxes then share a few pages, which is what a
-            # booking, a wave's poll and an IT lead's page read and write.
-            loading = f"import_mailbox_first_load_{cursor.connection.info.backend_pid}"
-            cursor.execute(f"CREATE UNLOGGED TABLE {loading} (LIKE {table} INCLUDING DEFAULTS)")
-            rows = _Rows(stream, MAILBOX_COLUMNS)
+            start = stream.tell()
             try:
-                with (
-                    cursor.connection.cursor() as raw,
-                    raw.copy(f"COPY {loading} (id, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
-                ):
-                    copy.set_types(("int8", *_COPY_TYPES))
-                    write_row = copy.write_row
-                    for row in _mailbox_rows(
-                        rows,
+                with transaction.atomic():
+                    rows, written = _direct_copy(
+                        cursor,
+                        table,
+                        stream,
                         org_ids,
                         problems,
                         progress,
-                        line_offset=first_id - rows.reader.line_num - 1,
-                        stop_at_problem=not skip_bad_rows,
-                    ):
-                        write_row(row)
-                        written += 1
-            finally:
-                rows.close()
+                        skip_bad_rows,
+                        first_id=first_id,
+                        grouped=True,
+                    )
+                phases.done("read, check and copy into the table, organisation by organisation")
+            except _NotGrouped:
+                stream.seek(start)
+                problems = _Problems()
+                loading = f"import_mailbox_first_load_{cursor.connection.info.backend_pid}"
+                cursor.execute(f"CREATE UNLOGGED TABLE {loading} (LIKE {table} INCLUDING DEFAULTS)")
+                rows, written = _direct_copy(
+                    cursor,
+                    loading,
+                    stream,
+                    org_ids,
+                    problems,
+                    progress,
+                    skip_bad_rows,
+                    first_id=first_id,
+                    grouped=False,
+                )
+                if problems.count and not skip_bad_rows:
+                    raise _NoBulkLoad(busy=False) from None  # staging reports every problem
+                phases.done("read, check and copy into a work table")
+                columns = ", ".join(_MAILBOX_FIELDS)
+                every = f"{columns}, status, status_changed_at"
+                cursor.execute(
+                    f"INSERT INTO {table} (id, {every})"  # noqa: S608 - quoted model names
+                    f" SELECT %s - 1 + row_number() OVER (ORDER BY organisation_id, address),"
+                    f" {every} FROM {loading} ORDER BY organisation_id, address",
+                    [first_id],
+                )
+                cursor.execute(f"DROP TABLE {loading}")
+                phases.done("write to the table in organisation order")
             if problems.count and not skip_bad_rows:
                 raise _NoBulkLoad(busy=False)  # the staged load will report every problem
-            phases.done("read, check and copy into a work table")
-            every = f"{columns}, status, status_changed_at"
-            cursor.execute(
-                f"INSERT INTO {table} (id, {every})"  # noqa: S608 - quoted model names
-                f" SELECT %s - 1 + row_number() OVER (ORDER BY organisation_id, address), {every}"
-                f" FROM {loading} ORDER BY organisation_id, address",
-                [first_id],
-            )
-            cursor.execute(f"DROP TABLE {loading}")
             for statement in restore:
                 cursor.execute(statement)
             cursor.execute(
@@ -701,7 +714,6 @@ def _mailboxes_load_direct(
             report.rows_read = rows.rows_read
             problems.finish(report)
             report.bad_rows = problems.bad_lines
-            phases.done("write to the table in organisation order")
             if not report.rows_read:
                 return True, False  # refused by the caller
             _bulk_load_end(cursor, bulk)
@@ -717,6 +729,67 @@ def _mailboxes_load_direct(
     cursor.execute(f"ANALYZE {table}")  # fresh statistics for the pages' queries
     phases.done("analyse")
     return True, False
+
+
+class _NotGrouped(Exception):
+    """The file lists an organisation's mailboxes in more than one place."""
+
+
+def _direct_copy(
+    cursor, table, stream, org_ids, problems, progress, skip_bad_rows, *, first_id, grouped
+) -> tuple[_Rows, int]:
+    """COPY the file's checked rows into `table`; returns the reader and how many were written.
+
+    Unless `grouped`, the rows keep their order, with ids from their lines. With `grouped`, one
+    organisation's rows at a time are held, sorted by address and written with ids in that
+    order, as the sorted INSERT would have put them; _NotGrouped is raised at the first row of
+    an organisation whose rows ended earlier in the file.
+    """
+    columns = ", ".join(_MAILBOX_FIELDS)
+    rows = _Rows(stream, MAILBOX_COLUMNS)
+    checked = _mailbox_rows(
+        rows,
+        org_ids,
+        problems,
+        progress,
+        line_offset=first_id - rows.reader.line_num - 1,
+        stop_at_problem=not skip_bad_rows,
+    )
+    written = 0
+    try:
+        with (
+            cursor.connection.cursor() as raw,
+            raw.copy(f"COPY {table} (id, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(("int8", *_COPY_TYPES))
+            write_row = copy.write_row
+            if not grouped:
+                for row in checked:
+                    write_row(row)
+                    written += 1
+                return rows, written
+
+            def write_organisation() -> None:
+                nonlocal written
+                held.sort(key=itemgetter(1))  # by address: the pages' order
+                for row in held:
+                    write_row((first_id + written, *row[1:]))
+                    written += 1
+                held.clear()
+
+            current, done, held = None, set(), []
+            for row in checked:
+                if row[-1] != current:
+                    if row[-1] in done:
+                        raise _NotGrouped
+                    write_organisation()
+                    done.add(current)
+                    current = row[-1]
+                held.append(row)
+            write_organisation()
+    finally:
+        rows.close()
+    return rows, written
 
 
 def _defaults_for_new_mailboxes(cursor, table: str) -> list[str]:

@@ -867,8 +867,18 @@ def test_a_first_load_copies_into_the_table_and_leaves_its_schema_as_it_was(
         out = run_command("import_mailboxes", DATA / "mailboxes.csv")
 
     assert "created 6" in out
-    assert "write to the table in organisation order" in caplog.text
+    assert "copy into the table, organisation by organisation" in caplog.text
+    assert "work table" not in caplog.text
     assert (mailbox_schema(), column_defaults()) == (schema, defaults)
+    # Each organisation's mailboxes in address order (the file has ward7 before the room).
+    assert list(Mailbox.objects.order_by("pk").values_list("address", flat=True)) == [
+        "ann.smith@rcf.nhs.net",
+        "bob.jones@rcf.nhs.net",
+        "room.boardroom@rcf.nhs.net",
+        "ward7@rcf.nhs.net",
+        "projector@b83001.nhs.net",
+        "reception@b83001.nhs.net",
+    ]
     bob = Mailbox.objects.get(address="bob.jones@rcf.nhs.net")
     assert (bob.upn, bob.display_name, bob.size_bytes, bob.organisation.code) == (
         "bob.jones@rcf.nhs.uk",
@@ -886,6 +896,26 @@ def test_a_first_load_copies_into_the_table_and_leaves_its_schema_as_it_was(
         organisation=organisations[0],
     )
     assert later.pk > max(Mailbox.objects.exclude(pk=later.pk).values_list("pk", flat=True))
+
+
+@postgres_only
+def test_a_first_load_of_a_file_not_grouped_by_organisation_is_written_in_organisation_order(
+    organisations, bulk_loads, tmp_path, caplog
+):
+    schema, defaults = mailbox_schema(), column_defaults()
+    header, *rows = (DATA / "mailboxes.csv").read_text().splitlines()
+    mixed = [rows[0], rows[4], rows[1], rows[5], rows[2], rows[3]]  # RCF, B83001, RCF, …
+
+    with caplog.at_level("INFO", logger="mailboxes.importing"):
+        out = run_command("import_mailboxes", write(tmp_path, "\n".join([header, *mixed]) + "\n"))
+
+    assert "created 6" in out
+    assert "copy into a work table" in caplog.text
+    assert "write to the table in organisation order" in caplog.text
+    assert (mailbox_schema(), column_defaults()) == (schema, defaults)
+    by_id = list(Mailbox.objects.order_by("pk").values_list("organisation__code", "address"))
+    assert by_id == sorted(by_id, key=lambda row: (row[0] != "RCF", row[1]))  # RCF made first
+    assert len(by_id) == 6
 
 
 @postgres_only
