@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from mailboxes.models import OrganisationType
 from tests.browser.steps import (
     given_a_marker_on_the_page,
     given_signed_in_as,
@@ -21,6 +22,7 @@ from tests.browser.steps import (
     when_following_the_navigation_link,
     when_pressing,
 )
+from tests.conftest import make_organisation
 from waves.models import Wave
 from waves.services import booking_create
 from waves.transfers import wave_advance
@@ -185,3 +187,28 @@ def test_the_central_team_plans_decides_runs_and_watches_a_wave(
     then_the_wave_status_is(page, "Done")
     expect(page.get_by_role("button", name="Pause wave")).to_have_count(0)
     then_a_screenshot_is_saved(page, "2-central-wave")
+
+
+def test_the_central_team_narrows_the_organisations_yet_to_book_without_a_reload(
+    page: Page, carol, alice, airedale, bob, bradford, wave
+):
+    booking_create(wave=wave, organisation=airedale, actor=alice)
+    make_organisation("Y001", "Dewsbury Practice", mailboxes=3, type_=OrganisationType.GP_PRACTICE)
+    make_organisation("RWY", "Calderdale NHS Trust", mailboxes=5)
+    given_signed_in_as(page, carol)
+
+    when_following_the_navigation_link(page, "Yet to book")
+    then_the_heading_is(page, "Organisations yet to book")
+    results = page.locator("#results")
+    expect(results).to_contain_text("3 organisations yet to book")
+    given_a_marker_on_the_page(page)
+
+    page.get_by_label("Type").select_option(label="GP practice")
+
+    expect(results).to_contain_text("2 organisations yet to book")
+    expect(results.locator("tbody tr")).to_have_count(2)
+    expect(results).not_to_contain_text("Calderdale")
+    expect(results).not_to_contain_text("Airedale")  # it has booked
+    then_the_page_was_not_reloaded(page)
+    then_the_url_has(page, r"/waves/not-booked/\?.*type=gp_practice")
+    then_a_screenshot_is_saved(page, "central-yet-to-book")
