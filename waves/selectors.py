@@ -57,6 +57,19 @@ def organisations_not_booked(*, region: str = "", type_: str = "") -> QuerySet[O
     return organisations.prefetch_related("leads").order_by("name", "code")
 
 
+def booking_queue_by_wave() -> QuerySet[Wave]:
+    """Waves with bookings waiting for a decision, with how many and their mailboxes."""
+    waiting = Q(bookings__status=BookingStatus.SUBMITTED)
+    return (
+        Wave.objects.filter(waiting)
+        .annotate(
+            waiting_bookings=Count("bookings", filter=waiting),
+            waiting_mailboxes=Sum("bookings__mailbox_count", filter=waiting),
+        )
+        .order_by("starts_at")
+    )
+
+
 def booking_queue() -> QuerySet[Booking]:
     """Bookings waiting for the central team, oldest first."""
     return (

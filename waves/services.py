@@ -444,6 +444,38 @@ def booking_approve(*, booking: Booking, actor: Actor) -> None:
         )
 
 
+def wave_approve_bookings(*, wave: Wave, actor: Actor) -> tuple[int, int]:
+    """Approve every booking of the wave still waiting for a decision, in one transaction.
+
+    The same as approving each one (their capacity was taken when they were booked), done in
+    two set-based statements: a weekend wave's 600 bookings and 83,000 mailboxes at once.
+    Returns (bookings, mailboxes) approved.
+    """
+    with transaction.atomic():
+        wave = Wave.objects.select_for_update().get(pk=wave.pk)
+        if wave.status not in {WaveStatus.OPEN, WaveStatus.CLOSED}:
+            raise TransitionNotAllowed(
+                f"{wave.name} is {wave.get_status_display().lower()}: bookings can no longer be approved."
+            )
+        waiting = wave.bookings.filter(status=BookingStatus.SUBMITTED).values_list("pk", flat=True)
+        approved = bookings_transition(
+            booking_ids=list(waiting), to=BookingStatus.APPROVED, actor=actor, reason="Approved"
+        )
+        mailbox_ids = list(
+            CohortMailbox.objects.filter(booking__in=approved, active=True).values_list(
+                "mailbox_id", flat=True
+            )
+        )
+        cohort_transition(
+            mailbox_ids=mailbox_ids,
+            to=MailboxStatus.SCHEDULED,
+            actor=actor,
+            reason=f"Booking approved for {wave.name}",
+            expected_from={MailboxStatus.BOOKED},
+        )
+    return len(approved), len(mailbox_ids)
+
+
 def booking_reject(*, booking: Booking, actor: Actor, reason: str) -> None:
     if not reason.strip():
         raise TransitionNotAllowed("Give a reason for rejecting the booking.")

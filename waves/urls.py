@@ -20,6 +20,11 @@ urlpatterns = [
         views.wave_approve_investigate_items,
         name="approve_investigate_items",
     ),
+    path(
+        "<uuid:public_id>/approve-bookings/",
+        views.wave_approve_bookings,
+        name="approve_bookings",
+    ),
     path("<uuid:public_id>/<slug:action>/", views.wave_action, name="action"),
     path("mailboxes/<int:mailbox_id>/<slug:action>/", views.mailbox_action, name="mailbox_action"),
     path("bookings/", views.booking_queue, name="booking_queue"),

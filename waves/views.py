@@ -39,6 +39,7 @@ from waves.selectors import (
     booking_queue as select_booking_queue,
 )
 from waves.selectors import (
+    booking_queue_by_wave,
     booking_status_counts,
     bookings_for_organisations,
     organisations_not_booked,
@@ -216,6 +217,27 @@ def wave_approve_investigate_items(request: HttpRequest, public_id) -> HttpRespo
 
 @require_POST
 @role_required(CENTRAL)
+def wave_approve_bookings(request: HttpRequest, public_id) -> HttpResponse:
+    """Approve every booking of one wave waiting for a decision, from the booking queue."""
+    wave = get_object_or_404(Wave, public_id=public_id)
+    try:
+        bookings, mailboxes = services.wave_approve_bookings(wave=wave, actor=request.user)
+    except TransitionNotAllowed as refusal:
+        messages.error(request, str(refusal))
+        return redirect("waves:booking_queue")
+    if not bookings:
+        messages.error(request, f"No booking of {wave.name} is waiting for a decision.")
+    else:
+        messages.success(
+            request,
+            f"Approved {bookings:,} booking{pluralize(bookings)} for {wave.name}: "
+            f"{mailboxes:,} mailbox{pluralize(mailboxes, 'es')} scheduled.",
+        )
+    return redirect("waves:booking_queue")
+
+
+@require_POST
+@role_required(CENTRAL)
 def wave_action(request: HttpRequest, public_id, action: str) -> HttpResponse:
     wave = get_object_or_404(Wave, public_id=public_id)
     if action not in WAVE_ACTIONS:
@@ -265,7 +287,13 @@ def booking_queue(request: HttpRequest) -> HttpResponse:
 
 def _render_queue(request: HttpRequest, *, error_for: Booking | None = None, error: str = ""):
     page = Paginator(select_booking_queue(), 50).get_page(request.GET.get("page"))
-    context = {"page_obj": page, "querystring": "", "error_for": error_for, "error": error}
+    context = {
+        "page_obj": page,
+        "querystring": "",
+        "error_for": error_for,
+        "error": error,
+        "waves_waiting": booking_queue_by_wave(),
+    }
     return render(request, "waves/booking_queue.html", context, status=400 if error else 200)
 
 
