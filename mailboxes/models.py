@@ -141,6 +141,17 @@ class Mailbox(models.Model):
     def status_colour(self) -> str:
         return MAILBOX_STATUS_COLOURS[self.status]
 
+    @property
+    def size_band(self) -> str:
+        """The MailboxSize band of a mailbox still to move that is too large to move as it is,
+        or "" (the same bands as `mailboxes.selectors.mailbox_size_q`)."""
+        if self.status == MailboxStatus.COMPLETED:
+            return ""
+        for band, (low, high) in MAILBOX_SIZE_BOUNDS.items():
+            if self.size_bytes > low and (high is None or self.size_bytes <= high):
+                return band
+        return ""
+
 
 class StatusEvent(models.Model):
     """What every event row holds: one status change, when and by whom, and why.

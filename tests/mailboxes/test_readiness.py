@@ -89,3 +89,26 @@ def test_the_api_gives_the_readiness_and_filters_by_size(client, alice, sized):
     refused = client.get("/api/mailboxes/?size=huge")
     assert refused.status_code == 400
     assert "size" in refused.json()
+
+
+TOO_LARGE = "Over 200 GB: too large for Exchange Online to move."
+OVER_QUOTA = "Over 100 GB, the primary mailbox limit on most Exchange Online plans"
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("user00000@rcf.nhs.net", TOO_LARGE),  # 201 GB
+        ("user00004@rcf.nhs.net", OVER_QUOTA),  # 200 GB exactly
+        ("user00005@rcf.nhs.net", None),  # 250 GB, already moved
+        ("user00006@rcf.nhs.net", None),  # half a GB
+    ],
+)
+def test_the_helpdesk_sees_why_a_mailbox_may_not_move(client, dave, sized, address, says):
+    mailbox = Mailbox.objects.get(address=address)
+    client.force_login(dave)
+
+    page = client.get(f"/helpdesk/mailboxes/{mailbox.pk}/").content.decode()
+
+    for warning in (TOO_LARGE, OVER_QUOTA):
+        assert (warning in page) == (warning == says), warning
