@@ -140,6 +140,12 @@ def when_typing(page: Page, label: str, text: str) -> None:
     box.press_sequentially(text, delay=TYPING_DELAY_MS)
 
 
+def when_choosing(page: Page, label: str, option: str) -> None:
+    """Pick an option from a list, once htmx has wired the form up (see `when_typing`)."""
+    page.wait_for_load_state("load")
+    page.get_by_label(label, exact=True).select_option(label=option)
+
+
 def when_following_the_navigation_link(page: Page, name: str) -> None:
     page.get_by_role("navigation", name="Menu").get_by_role("link", name=name).click()
 

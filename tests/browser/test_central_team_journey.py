@@ -19,6 +19,7 @@ from tests.browser.steps import (
     then_the_summary_list_shows,
     then_the_url_has,
     then_there_is_a_problem,
+    when_choosing,
     when_following_the_navigation_link,
     when_pressing,
 )
@@ -203,7 +204,7 @@ def test_the_central_team_narrows_the_organisations_yet_to_book_without_a_reload
     expect(results).to_contain_text("3 organisations yet to book")
     given_a_marker_on_the_page(page)
 
-    page.get_by_label("Type").select_option(label="GP practice")
+    when_choosing(page, "Type", "GP practice")
 
     expect(results).to_contain_text("2 organisations yet to book")
     expect(results.locator("tbody tr")).to_have_count(2)
