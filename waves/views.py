@@ -329,9 +329,20 @@ def not_booked(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @role_required(CENTRAL)
-def not_booked_csv(request: HttpRequest) -> StreamingHttpResponse:
-    """The same organisations, filtered the same way, as CSV for a mail merge."""
-    _, organisations = _not_booked(request)
+def not_booked_csv(request: HttpRequest) -> HttpResponse:
+    """The same organisations, filtered the same way, as CSV for a mail merge.
+
+    A filter it cannot use is refused (400, with why) rather than ignored: a mail merge sent to
+    every organisation instead of one region's is not a mistake to find out afterwards.
+    """
+    form, organisations = _not_booked(request)
+    if form.errors:
+        reasons = "; ".join(
+            f"{form.fields[name].label}: {' '.join(errors)}" for name, errors in form.errors.items()
+        )
+        return HttpResponse(
+            f"No CSV: {reasons}", status=400, content_type="text/plain; charset=utf-8"
+        )
     counts = mailbox_counts(organisations)
     writer = csv.writer(_Echo(), lineterminator="\r\n")
     header = ("OrganisationCode", "Name", "Type", "Region", "Mailboxes", "Leads", "LeadEmails")

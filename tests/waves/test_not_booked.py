@@ -94,6 +94,19 @@ def test_a_name_that_looks_like_a_formula_is_not_run_by_a_spreadsheet(client, ca
     assert rows[1][:2] == ["Y009", '\'=HYPERLINK("http://evil.example","Click")']
 
 
+def test_the_csv_refuses_a_filter_it_cannot_use_rather_than_list_everyone(
+    client, carol, organisations
+):
+    client.force_login(carol)
+
+    response = client.get(CSV_URL + "?type=castle")
+
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert body.startswith("No CSV: Type: Select a valid choice. castle is not one of")
+    assert "B83001" not in body
+
+
 def test_a_filter_value_it_does_not_know_is_shown_as_an_error(client, carol, organisations):
     client.force_login(carol)
     response = client.get(URL + "?type=castle")
