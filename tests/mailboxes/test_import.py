@@ -24,7 +24,7 @@ from mailboxes.models import (
     Organisation,
     OrganisationType,
 )
-from mailboxes.services import mailboxes_transition
+from mailboxes.services import import_run_transition, mailboxes_transition
 from mailboxes.tasks import run_import
 from tests.conftest import make_organisation
 
@@ -672,6 +672,29 @@ def test_a_lock_let_go_leaves_the_run_to_the_next_worker(organisations):
     # The other worker stopped without finishing: its lock went with it.
     assert run_import(run.pk) == ImportStatus.DONE
     assert Mailbox.objects.count() == 6
+    assert_no_run_locks(run)
+
+
+def test_a_run_finished_while_the_task_waited_for_its_lock_is_not_run_again(
+    organisations, monkeypatch
+):
+    """The task saw the run "running" with no worker's lock on it, but its worker was only
+    between two steps: by the time the task holds the lock, that worker has finished it."""
+    run = ImportRun.objects.create(
+        kind=ImportKind.MAILBOXES, path=str(DATA / "mailboxes.csv"), status=ImportStatus.RUNNING
+    )
+    take_lock = importing._run_lock
+
+    def the_other_worker_finishes_first(run_id: int) -> bool:
+        assert import_run_transition(run_id=run_id, to=ImportStatus.DONE, reason="Imported")
+        return take_lock(run_id)
+
+    monkeypatch.setattr(importing, "_run_lock", the_other_worker_finishes_first)
+
+    assert run_import(run.pk) == ImportStatus.DONE
+
+    assert Mailbox.objects.count() == 0
+    assert [step[:2] for step in history(run)] == [("running", "done")]
     assert_no_run_locks(run)
 
 
