@@ -355,6 +355,39 @@ def test_a_lead_finds_the_mailboxes_to_choose_from_and_books_them(client, alice,
     assert Booking.objects.get().mailbox_count == 3
 
 
+def test_the_booking_page_offers_no_mailbox_over_200_gb_and_says_why(client, alice, airedale, wave):
+    too_large = list(airedale.mailboxes.order_by("address")[:2])
+    Mailbox.objects.filter(pk__in=[m.pk for m in too_large]).update(size_bytes=250 * 1024**3)
+    client.force_login(alice)
+    url = reverse("waves:book", args=[wave.public_id])
+
+    response = client.get(url, {"organisation": "RCF"})
+
+    page = response.content.decode()
+    assert "has <strong>28</strong> mailboxes not yet booked (14.0 GB)" in page
+    assert (
+        "2 more mailboxes not yet booked are over 200 GB, which Exchange Online does not move"
+        in page
+    )
+    assert "?organisation=RCF&amp;size=over_200_gb" in page
+    listed = listed_checkboxes(response)
+    assert len(listed) == 28
+    assert not {str(m.pk) for m in too_large} & set(listed)
+
+    response = client.post(
+        url, {"organisation": "RCF", "cohort": "chosen", "mailboxes": [too_large[0].pk]}
+    )
+    assert response.status_code == 400
+    assert not Booking.objects.exists()
+
+    response = client.post(url, {"organisation": "RCF", "cohort": "all"}, follow=True)
+    assert (
+        "28 mailboxes booked into Weeknight 1. 2 over 200 GB were left out: Exchange Online"
+        " does not move them." in response.content.decode()
+    )
+    assert Booking.objects.get().mailbox_count == 28
+
+
 def test_finding_mailboxes_never_lists_another_organisations(
     client, alice, airedale, bradford, wave
 ):

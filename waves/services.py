@@ -9,10 +9,11 @@ from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from mailboxes.models import Mailbox, MailboxStatus, Organisation
+from mailboxes.models import GB, MAX_MAILBOX_BYTES, Mailbox, MailboxStatus, Organisation
 from mailboxes.services import mailboxes_transition
 from portal.lib.bulk import insert_rows
 from portal.lib.transitions import (
@@ -283,9 +284,14 @@ def booking_create(
     The wave's row is locked while its free capacity is checked and taken, so however many
     leads book at once the wave never holds more than its capacity. Listed addresses that are
     not the organisation's mailboxes, or not free to book, are named in the refusal.
+
+    Mailboxes over 200 GB, which Exchange Online does not move, are not booked: "all not yet
+    booked" leaves them out (the booking's first event says how many), and a cohort chosen or
+    listed with one is refused, naming it.
     """
     if mailbox_ids is not None and addresses is not None:
         raise ValueError("Give mailbox ids or addresses, not both.")
+    left_out = 0  # mailboxes over 200 GB that "all not yet booked" leaves out
     with transaction.atomic():
         wave = Wave.objects.select_for_update().get(pk=wave.pk)
         if wave.status != WaveStatus.OPEN:
@@ -299,9 +305,18 @@ def booking_create(
         if addresses is not None:
             chosen = _cohort_listed(candidates, organisation, addresses)
         elif mailbox_ids is None:
-            chosen = list(candidates.filter(status__in=BOOKABLE).values_list("pk", "size_bytes"))
+            left = list(candidates.filter(status__in=BOOKABLE).values_list("pk", "size_bytes"))
+            chosen = [(pk, size) for pk, size in left if size <= MAX_MAILBOX_BYTES]
+            left_out = len(left) - len(chosen)
             if not chosen:
-                raise BookingRefused(f"{organisation.name} has no mailboxes left to book.")
+                raise BookingRefused(
+                    f"{organisation.name}'s {left_out:,} mailbox{pluralize(left_out, 'es')} left"
+                    f" to book {pluralize(left_out, 'is,are')} over 200 GB, which Exchange Online"
+                    f" does not move: reduce {pluralize(left_out, 'it,them')} (archive or delete"
+                    " old mail) before booking."
+                    if left_out
+                    else f"{organisation.name} has no mailboxes left to book."
+                )
         else:
             wanted = set(mailbox_ids)
             if not wanted:
@@ -323,6 +338,7 @@ def booking_create(
                 raise BookingRefused(
                     f"{len(taken)} of the chosen mailboxes are already booked or migrated."
                 )
+            _refuse_too_large([(pk, size) for pk, _, size in found])
             chosen = [(pk, size_bytes) for pk, _, size_bytes in found]
 
         count = len(chosen)
@@ -353,7 +369,12 @@ def booking_create(
             booking=booking,
             at=booking.created_at,
             to_status=BookingStatus.SUBMITTED,
-            reason=f"{count:,} mailboxes booked",
+            reason=f"{count:,} mailboxes booked"
+            + (
+                f"; {left_out:,} over 200 GB left out: Exchange Online does not move them"
+                if left_out
+                else ""
+            ),
             **actor_fields(actor),
         )
         ids = [pk for pk, _ in chosen]
@@ -416,7 +437,28 @@ def _cohort_listed(candidates, organisation: Organisation, addresses: Iterable[s
         raise BookingRefused(
             f"{_some(taken)} {'is' if len(taken) == 1 else 'are'} already booked or migrated."
         )
+    _refuse_too_large([(pk, size) for pk, _, size in found.values()])
     return [(pk, size_bytes) for pk, _, size_bytes in found.values()]
+
+
+def _refuse_too_large(cohort: list[tuple[int, int]]) -> None:
+    """BookingRefused naming the mailboxes of the cohort (id, size) over 200 GB, if any."""
+    too_large = [pk for pk, size in cohort if size > MAX_MAILBOX_BYTES]
+    if not too_large:
+        return
+    named = Mailbox.objects.filter(pk__in=too_large).order_by("address")
+    shown = [
+        f"{address} ({size / GB:,.0f} GB)"
+        for address, size in named.values_list("address", "size_bytes")[:LISTED_SHOWN]
+    ]
+    more = len(too_large) - len(shown)
+    one = len(too_large) == 1
+    raise BookingRefused(
+        f"{', '.join(shown)}{f' and {more:,} more' if more else ''} {'is' if one else 'are'}"
+        " over 200 GB, which Exchange Online does not move: reduce"
+        f" {'it' if one else 'them'} (archive or delete old mail) before booking, or book the"
+        f" cohort without {'it' if one else 'them'}."
+    )
 
 
 def _some(items: list[str]) -> str:

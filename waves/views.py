@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
@@ -12,7 +12,14 @@ from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from mailboxes.models import MAILBOX_STATUS_COLOURS, Mailbox, MailboxStatus, Organisation
+from mailboxes.models import (
+    MAILBOX_STATUS_COLOURS,
+    MAX_MAILBOX_BYTES,
+    Mailbox,
+    MailboxSize,
+    MailboxStatus,
+    Organisation,
+)
 from mailboxes.selectors import (
     mailbox_counts,
     mailbox_search_q,
@@ -497,11 +504,15 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         or (organisations[0].code if organisations else "")
     )
     organisation = organisation_for(request.user, code)
-    bookable_mailboxes = mailboxes_for(request.user).filter(
+    not_booked = mailboxes_for(request.user).filter(
         organisation=organisation, status__in=services.BOOKABLE
     )
-    bookable_count, bookable_bytes = bookable_mailboxes.aggregate(
-        n=Count("pk"), b=Sum("size_bytes")
+    movable = Q(size_bytes__lte=MAX_MAILBOX_BYTES)
+    bookable_mailboxes = not_booked.filter(movable)
+    bookable_count, bookable_bytes, too_large_count = not_booked.aggregate(
+        n=Count("pk", filter=movable),
+        b=Sum("size_bytes", filter=movable),
+        too_large=Count("pk", filter=~movable),
     ).values()
     # The list to choose from, narrowed by the filter box as the IT lead's mailbox list is.
     find = MailboxFindForm(request.POST if request.method == "POST" else request.GET)
@@ -531,9 +542,15 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         except services.BookingRefused as refusal:
             form.add_error(None, str(refusal))
         else:
+            left_out = (
+                f" {too_large_count:,} over 200 GB {pluralize(too_large_count, 'was,were')} left"
+                " out: Exchange Online does not move them."
+                if cohort == form.ALL and too_large_count
+                else ""
+            )
             messages.success(
                 request,
-                f"{booking.mailbox_count:,} mailboxes booked into {wave.name}. "
+                f"{booking.mailbox_count:,} mailboxes booked into {wave.name}.{left_out} "
                 "The central team will approve or reject the booking.",
             )
             return redirect("waves:booking_detail", public_id=booking.public_id)
@@ -544,6 +561,8 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
         "bookable": bookable,
         "bookable_count": bookable_count,
         "bookable_bytes": bookable_bytes or 0,
+        "too_large_count": too_large_count,
+        "sizes": MailboxSize,
         "choosable": CHOOSABLE,
         "max_listed": MAX_LISTED,
         "checkboxes": _mailbox_checkboxes(bookable, form["mailboxes"].value()),

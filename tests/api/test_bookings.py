@@ -97,6 +97,25 @@ def test_listed_addresses_of_another_organisation_are_named_and_nothing_is_booke
     assert snapshot() == before
 
 
+def test_mailboxes_over_200_gb_are_named_and_nothing_is_booked(client, alice, wave, airedale):
+    mailbox = airedale.mailboxes.order_by("pk").first()
+    Mailbox.objects.filter(pk=mailbox.pk).update(size_bytes=201 * GB)
+    before = snapshot()
+    response = book(signed_in(client, alice), wave, "RCF", mailboxes=[mailbox.pk])
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": f"{mailbox.address} (201 GB) is over 200 GB, which Exchange Online does not"
+        " move: reduce it (archive or delete old mail) before booking, or book the cohort"
+        " without it."
+    }
+    assert snapshot() == before
+
+    response = book(client, wave, "RCF")
+    assert response.status_code == 201
+    assert response.json()["mailbox_count"] == 29
+    assert Mailbox.objects.get(pk=mailbox.pk).status == MailboxStatus.NOT_SCHEDULED
+
+
 def test_listed_addresses_already_booked_are_named_and_nothing_is_booked(
     client, alice, wave, airedale
 ):

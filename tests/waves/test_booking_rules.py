@@ -247,6 +247,87 @@ def test_it_refuses_a_subset_holding_another_organisations_mailboxes(
     assert snapshot() == before
 
 
+def make_too_large(mailboxes, gigabytes: float = 201) -> list[str]:
+    """Test set-up: the inventory says these mailboxes hold `gigabytes` each."""
+    Mailbox.objects.filter(pk__in=[m.pk for m in mailboxes]).update(size_bytes=int(gigabytes * GB))
+    return [m.address for m in mailboxes]
+
+
+def test_all_not_yet_booked_leaves_out_mailboxes_over_200_gb_and_says_so(wave, airedale, alice):
+    mailboxes = list(airedale.mailboxes.order_by("address"))
+    too_large = make_too_large(mailboxes[:2])
+    make_too_large(mailboxes[2:3], gigabytes=200)  # the limit itself: moved
+
+    booking = booking_create(wave=wave, organisation=airedale, actor=alice)
+
+    assert (booking.mailbox_count, booking.total_bytes) == (28, 200 * GB + 27 * GB // 2)
+    booked = set(booking.cohort.values_list("mailbox__address", flat=True))
+    assert booked == {m.address for m in mailboxes[2:]}
+    assert set(Mailbox.objects.filter(address__in=too_large).values_list("status", flat=True)) == {
+        S.NOT_SCHEDULED
+    }
+    assert booking.events.get().reason == (
+        "28 mailboxes booked; 2 over 200 GB left out: Exchange Online does not move them"
+    )
+
+
+def test_all_not_yet_booked_is_refused_when_every_one_left_is_over_200_gb(wave, airedale, alice):
+    mailboxes = list(airedale.mailboxes.order_by("address"))
+    arrange_mailboxes(mailboxes[1:], S.COMPLETED)
+    make_too_large(mailboxes[:1], gigabytes=250)
+    before = snapshot()
+
+    with pytest.raises(BookingRefused) as refused:
+        booking_create(wave=wave, organisation=airedale, actor=alice)
+
+    assert str(refused.value) == (
+        "Airedale NHS Foundation Trust's 1 mailbox left to book is over 200 GB, which Exchange"
+        " Online does not move: reduce it (archive or delete old mail) before booking."
+    )
+    assert snapshot() == before
+
+
+def test_a_chosen_cohort_with_mailboxes_over_200_gb_is_refused_naming_them(wave, airedale, alice):
+    mailboxes = list(airedale.mailboxes.order_by("address"))
+    too_large = make_too_large(mailboxes[:7])
+    before = snapshot()
+
+    with pytest.raises(BookingRefused) as refused:
+        booking_create(
+            wave=wave,
+            organisation=airedale,
+            actor=alice,
+            mailbox_ids=[m.pk for m in mailboxes[:10]],
+        )
+
+    named = ", ".join(f"{address} (201 GB)" for address in sorted(too_large)[:5])
+    assert str(refused.value) == (
+        f"{named} and 2 more are over 200 GB, which Exchange Online does not move: reduce them"
+        " (archive or delete old mail) before booking, or book the cohort without them."
+    )
+    assert snapshot() == before
+
+
+def test_a_listed_cohort_with_a_mailbox_over_200_gb_is_refused_naming_it(wave, airedale, alice):
+    mailboxes = list(airedale.mailboxes.order_by("address"))
+    (too_large,) = make_too_large(mailboxes[:1], gigabytes=300.4)
+    before = snapshot()
+
+    with pytest.raises(BookingRefused) as refused:
+        booking_create(
+            wave=wave,
+            organisation=airedale,
+            actor=alice,
+            addresses=[m.address.upper() for m in mailboxes[:4]],
+        )
+
+    assert str(refused.value) == (
+        f"{too_large} (300 GB) is over 200 GB, which Exchange Online does not move: reduce it"
+        " (archive or delete old mail) before booking, or book the cohort without it."
+    )
+    assert snapshot() == before
+
+
 def test_it_refuses_an_empty_choice(wave, airedale, alice):
     with pytest.raises(BookingRefused, match="^Choose at least one mailbox to book.$"):
         booking_create(wave=wave, organisation=airedale, actor=alice, mailbox_ids=[])
