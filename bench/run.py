@@ -763,6 +763,23 @@ class Pages:
                 seconds.append(elapsed)
         self.results.latency(f"Page: {name}", seconds, limit_ms=300, note=note)
 
+    def download(self, name: str, user, url: str) -> None:
+        """A file the page links to, read to its last byte: not a page, so no target."""
+        client = self.client(user)
+        seconds, size, lines = [], 0, 0
+        for i in range(min(self.repeats, 3) + 1):
+            started = time.perf_counter()
+            response = client.get(url)
+            body = b"".join(response.streaming_content)
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200:
+                raise SystemExit(f"{name}: {url} answered {response.status_code}")
+            if i:
+                seconds.append(elapsed)
+            size, lines = len(body), body.count(b"\n")
+        note = f"{lines - 1:,} rows, {size / 1024:,.0f} KB, read to the end"
+        self.results.latency(f"Download: {name}", seconds, limit_ms=None, note=note)
+
 
 def pages_before_run(pages: Pages, cast: Cast, search_prefix: str, search_name: str) -> None:
     code = cast.largest.code
@@ -805,6 +822,7 @@ def pages_before_run(pages: Pages, cast: Cast, search_prefix: str, search_name: 
         central,
         "/waves/not-booked/?type=trust&page=2",
     )
+    pages.download("Central: organisations yet to book, CSV", central, "/waves/not-booked.csv")
     booking = cast.big_booking
     pages.time(
         f"Central: booking of {booking.mailbox_count:,} mailboxes",

@@ -1,6 +1,7 @@
 """Reads of waves and bookings: capacity, queues, progress."""
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum, Value
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -54,7 +55,14 @@ def organisations_not_booked(*, region: str = "", type_: str = "") -> QuerySet[O
         organisations = organisations.filter(region=region)
     if type_:
         organisations = organisations.filter(type=type_)
-    return organisations.prefetch_related("leads").order_by("name", "code")
+    # Into a list of each organisation's own: the CSV reads them for 11,000 organisations, and
+    # `organisation.leads.all()` makes a new manager each time it is called.
+    leads = Prefetch(
+        "leads",
+        queryset=get_user_model().objects.order_by("last_name", "first_name", "username"),
+        to_attr="lead_list",
+    )
+    return organisations.prefetch_related(leads).order_by("name", "code")
 
 
 def booking_queue_by_wave() -> QuerySet[Wave]:

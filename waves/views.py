@@ -361,11 +361,9 @@ def not_booked_csv(request: HttpRequest) -> HttpResponse:
             _spreadsheet_text(organisation.region),
             counts.get(organisation.pk, 0),
             _spreadsheet_text(
-                "; ".join(
-                    lead.get_full_name() or lead.username for lead in organisation.leads.all()
-                )
+                "; ".join(lead.get_full_name() or lead.username for lead in organisation.lead_list)
             ),
-            "; ".join(lead.email for lead in organisation.leads.all() if lead.email),
+            "; ".join(lead.email for lead in organisation.lead_list if lead.email),
         )
         for organisation in organisations.iterator(chunk_size=2000)
     )
