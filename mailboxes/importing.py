@@ -33,6 +33,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path, PurePath
@@ -745,7 +746,6 @@ def _direct_copy(
     order, as the sorted INSERT would have put them; _NotGrouped is raised at the first row of
     an organisation whose rows ended earlier in the file.
     """
-    columns = ", ".join(_MAILBOX_FIELDS)
     rows = _Rows(stream, MAILBOX_COLUMNS)
     checked = _mailbox_rows(
         rows,
@@ -757,12 +757,7 @@ def _direct_copy(
     )
     written = 0
     try:
-        with (
-            cursor.connection.cursor() as raw,
-            raw.copy(f"COPY {table} (id, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
-            copy.set_types(("int8", *_COPY_TYPES))
-            write_row = copy.write_row
+        with _copy_into(cursor, table, "id") as write_row:
             if not grouped:
                 for row in checked:
                     write_row(row)
@@ -790,6 +785,19 @@ def _direct_copy(
     finally:
         rows.close()
     return rows, written
+
+
+@contextmanager
+def _copy_into(cursor, table: str, first_column: str) -> Iterator[Callable]:
+    """A binary COPY into `table` of `first_column` (a bigint) and the mailbox fields: yields
+    the function that writes one row."""
+    columns = ", ".join(_MAILBOX_FIELDS)
+    with (
+        cursor.connection.cursor() as raw,
+        raw.copy(f"COPY {table} ({first_column}, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(("int8", *_COPY_TYPES))
+        yield copy.write_row
 
 
 def _defaults_for_new_mailboxes(cursor, table: str) -> list[str]:
@@ -843,12 +851,7 @@ def _mailboxes_load_staged(
     rows = _Rows(stream, MAILBOX_COLUMNS)
     try:
         # The file is read, checked and sent in one pass; the server stores while Python parses.
-        with (
-            cursor.connection.cursor() as raw,
-            raw.copy(f"COPY {staging} (line, {columns}) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
-            copy.set_types(("int8", *_COPY_TYPES))
-            write_row = copy.write_row
+        with _copy_into(cursor, staging, "line") as write_row:
             for row in _mailbox_rows(rows, org_ids, problems, progress):
                 write_row(row)
                 staged += 1
