@@ -3,7 +3,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from mailboxes.selectors import mailbox_search, mailboxes_for
+from mailboxes.selectors import SEARCH_LIMIT, mailbox_search, mailboxes_for
 from portal.auth import Role, role_required
 from support.forms import CallForm, SearchForm
 from support.selectors import mailbox_story
@@ -17,7 +17,15 @@ LOOKUP_ROLES = (Role.HELPDESK, Role.CENTRAL_TEAM)
 def search(request: HttpRequest) -> HttpResponse:
     form = SearchForm(request.GET)
     query = form.cleaned_data["q"] if form.is_valid() else ""
-    context = {"query": query, "results": mailbox_search(query), "errors": form.errors.get("q")}
+    # One more than is shown, to say when there are more than the page lists.
+    results = mailbox_search(query, limit=SEARCH_LIMIT + 1)
+    context = {
+        "query": query,
+        "results": results[:SEARCH_LIMIT],
+        "more": len(results) > SEARCH_LIMIT,
+        "limit": SEARCH_LIMIT,
+        "errors": form.errors.get("q"),
+    }
     template = "support/search.html#results" if request.htmx else "support/search.html"
     # htmx swaps in only a 2xx answer: as you type, the reason comes as one.
     status = 400 if form.errors and not request.htmx else 200

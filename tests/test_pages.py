@@ -275,6 +275,19 @@ def test_helpdesk_search_finds_by_address_name_and_upn(client, dave, airedale):
     assert "No mailbox matches" in nothing.content.decode()
 
 
+def test_helpdesk_search_says_when_more_match_than_it_shows(client, dave, airedale):
+    client.force_login(dave)
+    url = reverse("support:search")
+
+    many = client.get(url, {"q": "user"}, headers={"HX-Request": "true"}).content.decode()
+    assert many.count('href="/helpdesk/mailboxes/') == 20  # of Airedale's 30
+    assert "More mailboxes match “user” than the first 20 shown" in many
+
+    few = client.get(url, {"q": "user0001"}, headers={"HX-Request": "true"}).content.decode()
+    assert few.count('href="/helpdesk/mailboxes/') == 10
+    assert "More mailboxes match" not in few
+
+
 @pytest.mark.parametrize(
     ("q", "message"),
     [("ab\x00cd", "Null characters are not allowed."), ("x" * 255, "Enter 254 characters")],
