@@ -808,6 +808,11 @@ def pages_before_run(pages: Pages, cast: Cast, search_prefix: str, search_name: 
         f"/mailboxes/?organisation={code}&status=not_scheduled",
         htmx=True,
     )
+    pages.download(
+        f"IT lead: the same {n:,} mailboxes, CSV",
+        lead,
+        f"/mailboxes/download.csv?organisation={code}",
+    )
     pages.time("IT lead: waves and bookings", lead, "/waves/book/")
     pages.time(
         f"IT lead: book into a wave ({n:,} bookable)",

@@ -1,5 +1,3 @@
-import csv
-import itertools
 from typing import NamedTuple
 
 from django.contrib import messages
@@ -28,6 +26,7 @@ from mailboxes.selectors import (
     organisations_for,
 )
 from portal.auth import Role, role_of, role_required
+from portal.lib.downloads import csv_download, download_refused, spreadsheet_text
 from portal.lib.transitions import TransitionNotAllowed
 from portal.templatetags.portal_format import gb
 from waves import preflight, services, transfers
@@ -156,13 +155,6 @@ def wave_preflight(request: HttpRequest, public_id) -> HttpResponse:
     return render(request, "waves/detail.html", context)
 
 
-class _Echo:
-    """A file-like object whose write returns the line, for streaming csv.writer's output."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
 @require_GET
 @role_required(CENTRAL)
 def wave_batches_csv(request: HttpRequest, public_id) -> StreamingHttpResponse:
@@ -172,14 +164,11 @@ def wave_batches_csv(request: HttpRequest, public_id) -> StreamingHttpResponse:
     column (the BatchName column is the portal's, not Exchange's).
     """
     wave = get_object_or_404(Wave, public_id=public_id)
-    writer = csv.writer(_Echo(), lineterminator="\r\n")
-    rows = itertools.chain([("EmailAddress", "BatchName")], transfers.wave_batch_assignments(wave))
-    response = StreamingHttpResponse(
-        (writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8"
+    return csv_download(
+        f"{slugify(wave.name) or 'wave'}-batches.csv",
+        ("EmailAddress", "BatchName"),
+        transfers.wave_batch_assignments(wave),
     )
-    filename = f"{slugify(wave.name) or 'wave'}-batches.csv"
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
 
 
 @require_POST
@@ -344,41 +333,27 @@ def not_booked_csv(request: HttpRequest) -> HttpResponse:
     """
     form, organisations = _not_booked(request)
     if form.errors:
-        reasons = "; ".join(
-            f"{form.fields[name].label}: {' '.join(errors)}" for name, errors in form.errors.items()
-        )
-        return HttpResponse(
-            f"No CSV: {reasons}", status=400, content_type="text/plain; charset=utf-8"
-        )
+        return download_refused(form)
     counts = mailbox_counts(organisations)
-    writer = csv.writer(_Echo(), lineterminator="\r\n")
-    header = ("OrganisationCode", "Name", "Type", "Region", "Mailboxes", "Leads", "LeadEmails")
     rows = (
         (
-            _spreadsheet_text(organisation.code),
-            _spreadsheet_text(organisation.name),
+            spreadsheet_text(organisation.code),
+            spreadsheet_text(organisation.name),
             organisation.get_type_display(),
-            _spreadsheet_text(organisation.region),
+            spreadsheet_text(organisation.region),
             counts.get(organisation.pk, 0),
-            _spreadsheet_text(
+            spreadsheet_text(
                 "; ".join(lead.get_full_name() or lead.username for lead in organisation.lead_list)
             ),
             "; ".join(lead.email for lead in organisation.lead_list if lead.email),
         )
         for organisation in organisations.iterator(chunk_size=2000)
     )
-    response = StreamingHttpResponse(
-        (writer.writerow(row) for row in itertools.chain([header], rows)),
-        content_type="text/csv; charset=utf-8",
+    return csv_download(
+        "organisations-yet-to-book.csv",
+        ("OrganisationCode", "Name", "Type", "Region", "Mailboxes", "Leads", "LeadEmails"),
+        rows,
     )
-    response["Content-Disposition"] = 'attachment; filename="organisations-yet-to-book.csv"'
-    return response
-
-
-def _spreadsheet_text(text: str) -> str:
-    """Text a spreadsheet shows as it is: one starting like a formula gets a leading quote, so
-    a name imported as "=HYPERLINK(…)" is not run when the CSV is opened (OWASP CSV injection)."""
-    return f"'{text}" if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
 @require_POST
