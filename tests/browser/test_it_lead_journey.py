@@ -1,5 +1,7 @@
 """An IT lead finds her mailboxes, books some into a wave, and withdraws the booking."""
 
+from pathlib import Path
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -198,3 +200,43 @@ def test_an_it_lead_pastes_addresses_fixes_a_wrong_one_and_books_them(
     when_pressing(page, "Book mailboxes")
     then_a_success_banner_says(page, "3 mailboxes booked into Weeknight 1.")
     then_the_summary_list_shows(page, "Cohort", "3 mailboxes")
+
+
+def test_an_it_lead_downloads_the_mailboxes_the_filters_leave(page, alice, sixty_mailboxes):
+    given_signed_in_as(page, alice)
+    given_a_marker_on_the_page(page)
+    when_choosing(page, "Type", "Shared")
+    then_the_results_say(page, "6 mailboxes found.")
+    then_the_page_was_not_reloaded(page)
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download them as CSV").click()
+
+    assert download.value.suggested_filename == "mailboxes-rcf.csv"
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0].startswith("PrimarySmtpAddress,UserPrincipalName,DisplayName")
+    assert len(lines) == 7
+    assert all(",SharedMailbox," in line for line in lines[1:])
+
+
+def test_a_mailbox_over_200_gb_is_not_offered_for_booking_and_the_lead_is_shown_it(
+    page, alice, carol, airedale
+):
+    make_wave(carol, name="Weeknight 1")
+    Mailbox.objects.filter(address="user00004@rcf.nhs.net").update(size_bytes=250 * 1024**3)
+    given_signed_in_as(page, alice)
+
+    when_booking_into(page, "Weeknight 1")
+    expect(page.get_by_text("has 29 mailboxes not yet booked")).to_be_visible()
+    expect(page.locator("#too-large")).to_contain_text(
+        "1 more mailbox not yet booked is over 200 GB, which Exchange Online does not move"
+    )
+    page.get_by_label("Only the mailboxes I choose").check()
+    expect(page.get_by_label("user00003@rcf.nhs.net")).to_be_visible()
+    expect(page.get_by_label("user00004@rcf.nhs.net")).to_have_count(0)
+    then_a_screenshot_is_saved(page, "1-lead-book-too-large")
+
+    page.get_by_role("link", name="Show the mailboxes over 200 GB").click()
+    then_the_heading_is(page, "Airedale NHS Foundation Trust")
+    then_the_rows_are(page, 1)
+    expect(page.locator("#results tbody")).to_contain_text("user00004@rcf.nhs.net")
