@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from mailboxes.forms import ImportForm, MailboxFilterForm
 from mailboxes.importing import (
+    MAILBOX_COLUMNS,
     UPLOAD_TOO_LARGE,
     import_run_start,
     upload_declared_too_large,
@@ -91,19 +92,9 @@ def _filtered(request: HttpRequest, organisation) -> tuple[MailboxFilterForm, Qu
     return form, mailboxes
 
 
-# The columns of the import's mailbox file first, so a download can be edited and imported again
-# (the import ignores the others).
-CSV_HEADER = (
-    "PrimarySmtpAddress",
-    "UserPrincipalName",
-    "DisplayName",
-    "RecipientTypeDetails",
-    "TotalItemSizeBytes",
-    "ItemCount",
-    "OrganisationCode",
-    "MigrationStatus",
-    "StatusChangedAtUTC",
-)
+# The import's columns first, in its order, so that a download can be edited and imported again
+# (the import ignores the two after them).
+CSV_HEADER = (*(column.name for column in MAILBOX_COLUMNS), "MigrationStatus", "StatusChangedAtUTC")
 
 
 @require_GET
