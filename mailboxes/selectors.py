@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import connection
 from django.db.models import CharField, Count, F, Func, Q, QuerySet, Sum
@@ -14,6 +15,7 @@ from mailboxes.models import (
     MailboxSize,
     MailboxStatus,
     Organisation,
+    StatusCount,
 )
 from portal.auth import Role, role_of
 
@@ -239,3 +241,34 @@ def _after_prefix(prefix: str) -> str | None:
             return prefix[:-1] + chr(code)
         prefix = prefix[:-1]
     return None
+
+
+@dataclass(frozen=True)
+class ProgrammeProgress:
+    """Every mailbox of the programme by status, as last counted by a worker."""
+
+    counts: dict[str, int]  # every status, 0 where none
+    counted_at: datetime
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def migrated(self) -> int:
+        return self.counts[MailboxStatus.COMPLETED]
+
+    @property
+    def percent_migrated(self) -> str:
+        return f"{100 * self.migrated / self.total:.1f}" if self.total else "0.0"
+
+
+def programme_progress() -> ProgrammeProgress | None:
+    """The last count of the programme's mailboxes (`services.programme_count`), or None if
+    there has been none."""
+    rows = list(StatusCount.objects.all())
+    if not rows:
+        return None
+    counts = dict.fromkeys(MailboxStatus.values, 0)
+    counts.update((row.status, row.mailboxes) for row in rows)
+    return ProgrammeProgress(counts, min(row.counted_at for row in rows))

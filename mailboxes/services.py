@@ -2,6 +2,10 @@
 
 from collections.abc import Iterable, Sequence
 
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
 from mailboxes.models import (
     IMPORT_RUN_TRANSITIONS,
     MAILBOX_TRANSITIONS,
@@ -11,6 +15,7 @@ from mailboxes.models import (
     Mailbox,
     MailboxEvent,
     MailboxStatus,
+    StatusCount,
 )
 from portal.lib.transitions import Actor, transition_rows
 
@@ -72,3 +77,17 @@ def import_run_transition(
             updates=updates,
         )
     )
+
+
+def programme_count() -> dict[str, int]:
+    """Count every mailbox by status, in one pass, and keep the counts (StatusCount) with the
+    time; returns them, every status, 0 where none."""
+    counts = dict.fromkeys(MailboxStatus.values, 0)
+    counts.update(Mailbox.objects.order_by().values_list("status").annotate(n=Count("pk")))
+    now = timezone.now()
+    with transaction.atomic():
+        StatusCount.objects.all().delete()
+        StatusCount.objects.bulk_create(
+            StatusCount(status=status, mailboxes=n, counted_at=now) for status, n in counts.items()
+        )
+    return counts

@@ -24,6 +24,7 @@ from mailboxes.selectors import (
     mailboxes_for,
     organisation_for,
     organisations_for,
+    programme_progress,
 )
 from portal.auth import Role, role_of, role_required
 from portal.lib.downloads import csv_download, download_refused, spreadsheet_text
@@ -83,8 +84,16 @@ HELD_LISTED = 50  # mailboxes waiting for approval of skipped items listed on th
 @require_GET
 @role_required(CENTRAL)
 def wave_list(request: HttpRequest) -> HttpResponse:
+    """The central team's overview: the programme's progress, as last counted, and every wave."""
     waves = waves_with_capacity().order_by("starts_at")
-    return render(request, "waves/list.html", {"waves": waves})
+    programme = programme_progress()
+    counts = [
+        (MailboxStatus(status).label, MAILBOX_STATUS_COLOURS[status], n)
+        for status, n in (programme.counts.items() if programme else ())
+        if n
+    ]
+    context = {"waves": waves, "programme": programme, "programme_counts": counts}
+    return render(request, "waves/list.html", context)
 
 
 @require_http_methods(["GET", "POST"])

@@ -25,7 +25,7 @@ from django.db import connection
 from django.utils import timezone
 from django_q.models import Schedule, Task
 
-from mailboxes.models import Mailbox, MailboxEvent, MailboxStatus
+from mailboxes.models import Mailbox, MailboxEvent, MailboxStatus, StatusCount
 from tests.conftest import (
     assert_migration_histories,
     make_approved_wave,
@@ -52,6 +52,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 MAX_ATTEMPTS = 3
 DRIVE_SCHEDULE_MIGRATION = import_module("waves.migrations.0002_drive_schedule")
 REMOVAL_SCHEDULE_MIGRATION = import_module("waves.migrations.0007_remove_finished_batches_schedule")
+COUNT_SCHEDULE_MIGRATION = import_module("mailboxes.migrations.0009_programme_status_counts")
 WORKER_ENV = {
     "PORTAL_SIMULATOR_TIME_SCALE": "100000",
     "PORTAL_SIMULATOR_FAILURE_RATE": "0.05",
@@ -215,19 +216,24 @@ def test_a_worker_cluster_runs_a_whole_wave(wave_of_300, carol, drive_schedule, 
     assert_finished_cleanly(wave)
     assert Task.objects.filter(func="waves.tasks.drive_wave", success=True).exists()
 
-    # Its batches leave the backend on the removal schedule's first run (kept 0 hours here).
+    # The periodic work after a wave, on its schedules' first runs: its batches leave the
+    # backend (kept 0 hours here), and the programme's mailboxes are counted.
     REMOVAL_SCHEDULE_MIGRATION.add_schedule(apps, None)
+    COUNT_SCHEDULE_MIGRATION.add_schedule(apps, None)
     with Cluster(tmp_path / "removal.log", PORTAL_BATCH_KEEP_HOURS="0") as cluster:
         wait_for(
-            lambda: not SimulatedBatch.objects.exists(),
+            lambda: not SimulatedBatch.objects.exists() and StatusCount.objects.exists(),
             cluster=cluster,
             timeout=60,
-            what="the finished wave's batches to be removed",
+            what="the finished wave's batches to be removed and the programme counted",
         )
         cluster.stop()
     assert set(MigrationBatch.objects.values_list("status", flat=True)) == {
         MigrationBatchStatus.REMOVED
     }
+    counted = dict(StatusCount.objects.values_list("status", "mailboxes"))
+    assert counted[S.COMPLETED] == Mailbox.objects.filter(status=S.COMPLETED).count() > 0
+    assert sum(counted.values()) == Mailbox.objects.count()
     assert_migration_histories(wave_mailboxes(wave))
 
 
