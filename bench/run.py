@@ -781,6 +781,19 @@ class Pages:
         self.results.latency(f"Download: {name}", seconds, limit_ms=None, note=note)
 
 
+def count_programme(results: Results) -> None:
+    """The worker's 5-minute count of every mailbox by status, which the overview shows."""
+    from mailboxes.services import programme_count
+
+    started = time.perf_counter()
+    counts = programme_count()
+    results.once(
+        "Count every mailbox by status (the overview's programme progress, every 5 minutes)",
+        time.perf_counter() - started,
+        note=f"{sum(counts.values()):,} mailboxes",
+    )
+
+
 def pages_before_run(pages: Pages, cast: Cast, search_prefix: str, search_name: str) -> None:
     code = cast.largest.code
     n = cast.largest.mailboxes.count()
@@ -1121,6 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = sample_mailboxes(5, args.seed + 1)
     search_prefix = rows[0][0][:7]
     search_name = rows[1][2].split(",", 1)[0].lower()[:6]
+    count_programme(results)
     pages = Pages(results, args.repeats)
     log("Timing pages")
     pages_before_run(pages, cast, search_prefix, search_name)
