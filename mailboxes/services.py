@@ -2,7 +2,6 @@
 
 from collections.abc import Iterable, Sequence
 
-from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -85,9 +84,11 @@ def programme_count() -> dict[str, int]:
     counts = dict.fromkeys(MailboxStatus.values, 0)
     counts.update(Mailbox.objects.order_by().values_list("status").annotate(n=Count("pk")))
     now = timezone.now()
-    with transaction.atomic():
-        StatusCount.objects.all().delete()
-        StatusCount.objects.bulk_create(
-            StatusCount(status=status, mailboxes=n, counted_at=now) for status, n in counts.items()
-        )
+    # One row per status, written over in one statement: two counts at once cannot collide.
+    StatusCount.objects.bulk_create(
+        [StatusCount(status=status, mailboxes=n, counted_at=now) for status, n in counts.items()],
+        update_conflicts=True,
+        unique_fields=["status"],
+        update_fields=["mailboxes", "counted_at"],
+    )
     return counts
