@@ -3,6 +3,7 @@
 Each refused file must change nothing: the tests compare every mailbox's fields before and after.
 """
 
+import csv
 import fcntl
 from contextlib import contextmanager
 from io import StringIO
@@ -878,6 +879,30 @@ def bulk_loads(monkeypatch):
     monkeypatch.setattr(importing, "BULK_LOAD_MIN_ROWS", 1)
     with connection.cursor() as cursor:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
+@postgres_only
+def test_a_refresh_that_changes_every_mailbox_updates_them_in_place_without_a_table_lock(
+    organisations, bulk_loads, tmp_path, caplog
+):
+    """As many changed rows as the table holds, but none new: the indexes stay, and so the pages
+    and polls that read the table are not locked out of it while it runs."""
+    run_command("import_mailboxes", DATA / "mailboxes.csv")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE mailboxes_mailbox")  # the table's size, as the import reads it
+    header, *rows = csv.reader(StringIO((DATA / "mailboxes.csv").read_text()))
+    for row in rows:
+        row[5] = str(int(row[5]) + 1)  # every mailbox's item count
+    grown = StringIO()
+    csv.writer(grown, lineterminator="\n").writerows([header, *rows])
+    caplog.clear()
+
+    with caplog.at_level("INFO", logger="mailboxes.importing"):
+        out = run_command("import_mailboxes", write(tmp_path, grown.getvalue()))
+
+    assert "created 0, updated 6" in out
+    assert "merge" in caplog.text
+    assert "rebuild indexes" not in caplog.text
 
 
 @postgres_only
