@@ -12,7 +12,7 @@ from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import build_choice_description_list
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.exceptions import APIException, NotAuthenticated, PermissionDenied
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
@@ -42,6 +42,7 @@ from mailboxes.selectors import (
     mailbox_size_q,
     mailboxes_for,
     organisations_for,
+    programme_progress,
 )
 from portal.auth import HasRole, Role, role_of
 
@@ -353,3 +354,36 @@ class ImportRunViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, views
         )
         body = ImportRunSerializer(run, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+
+class ProgrammeSerializer(serializers.Serializer):
+    counted_at = serializers.DateTimeField(
+        allow_null=True, help_text="When a worker last counted (every 5 minutes); null before."
+    )
+    total = serializers.IntegerField(help_text="Every mailbox of the programme.")
+    migrated = serializers.IntegerField(help_text="Mailboxes whose move is completed.")
+    counts = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="Mailboxes in each status (every status, 0 where none).",
+    )
+
+
+class ProgrammeView(generics.GenericAPIView):
+    """The programme's progress for the central team: every mailbox by status, as a worker last
+    counted them (every 5 minutes; counting 2.1 million takes a pass over all of them)."""
+
+    permission_classes = [IsAuthenticated, HasRole]
+    allowed_roles = (Role.CENTRAL_TEAM,)
+    serializer_class = ProgrammeSerializer
+
+    def get(self, request, *args, **kwargs):
+        progress = programme_progress()
+        body = {"counted_at": None, "total": 0, "migrated": 0, "counts": {}}
+        if progress is not None:
+            body = {
+                "counted_at": progress.counted_at,
+                "total": progress.total,
+                "migrated": progress.migrated,
+                "counts": progress.counts,
+            }
+        return Response(self.get_serializer(body).data)

@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from mailboxes.api import ImportRunViewSet, MailboxViewSet, OrganisationViewSet
+from mailboxes.api import ImportRunViewSet, MailboxViewSet, OrganisationViewSet, ProgrammeView
 from support.api import MailboxDetail, MailboxLookup
 from waves.api import BookingViewSet, WaveViewSet
 
@@ -18,5 +18,6 @@ app_name = "api"
 urlpatterns = [
     path("mailboxes/<int:mailbox_id>/", MailboxDetail.as_view(), name="mailbox-detail"),
     path("lookup/", MailboxLookup.as_view(), name="lookup"),
+    path("programme/", ProgrammeView.as_view(), name="programme"),
     *router.urls,
 ]

@@ -20,6 +20,7 @@ def world(alice, bob, carol, dave, eve, airedale, bradford, wave, alice_booking)
         "mailbox list": ("get", "/api/mailboxes/"),
         "mailbox detail": ("get", f"/api/mailboxes/{mailbox.pk}/"),
         "lookup": ("get", "/api/lookup/?q=user"),
+        "programme": ("get", "/api/programme/"),
         "wave list": ("get", "/api/waves/"),
         "wave detail": ("get", f"/api/waves/{w}/"),
         "wave create": ("post", "/api/waves/"),
@@ -42,6 +43,7 @@ ENDPOINTS = [
     "mailbox list",
     "mailbox detail",
     "lookup",
+    "programme",
     "wave list",
     "wave detail",
     "wave create",
@@ -69,6 +71,7 @@ BODIES = {
     "booking reject": {"reason": "test"},
 }
 HELPDESK_REFUSED = {
+    "programme",
     "wave detail",
     "wave create",
     *(f"wave {a}" for a in WAVE_ACTIONS),
@@ -81,6 +84,7 @@ HELPDESK_REFUSED = {
 }
 LEAD_REFUSED = {
     "lookup",
+    "programme",
     "wave detail",
     "wave create",
     *(f"wave {a}" for a in WAVE_ACTIONS),

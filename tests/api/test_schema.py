@@ -11,6 +11,7 @@ PATHS = {
     "/api/mailboxes/": {"get"},
     "/api/mailboxes/{mailbox_id}/": {"get"},
     "/api/lookup/": {"get"},
+    "/api/programme/": {"get"},
     "/api/imports/": {"post"},
     "/api/imports/{id}/": {"get"},
     "/api/waves/": {"get", "post"},

@@ -81,3 +81,17 @@ def test_before_the_first_count_the_overview_says_so(client, carol, airedale):
 
     assert "have not been counted yet: a worker counts them every 5 minutes" in page
     assert "mailboxes migrated" not in page
+
+
+def test_the_api_gives_the_central_team_the_last_count(client, carol, airedale):
+    client.force_login(carol)
+    before = client.get("/api/programme/").json()
+    assert before == {"counted_at": None, "total": 0, "migrated": 0, "counts": {}}
+
+    arrange(airedale.mailboxes.all()[:4], S.COMPLETED)
+    count_programme()
+    body = client.get("/api/programme/").json()
+
+    assert (body["total"], body["migrated"]) == (30, 4)
+    assert body["counts"] == {**dict.fromkeys(S.values, 0), "completed": 4, "not_scheduled": 26}
+    assert body["counted_at"] == programme_progress().counted_at.isoformat().replace("+00:00", "Z")
