@@ -191,6 +191,9 @@ def then_there_is_a_problem(page: Page, *messages: str) -> None:
 
 
 def then_the_error_link_moves_focus_to(page: Page, message: str, field_selector: str) -> None:
+    """Once NHS.UK frontend has wired up the error summary (see `when_typing`): before, the
+    link is a plain anchor, and its #fragment stays in the URL through the next redirect."""
+    page.wait_for_load_state("load")
     page.locator(".nhsuk-error-summary").get_by_role("link", name=message).click()
     expect(page.locator(field_selector)).to_be_focused()
 

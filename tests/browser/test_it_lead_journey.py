@@ -18,6 +18,7 @@ from tests.browser.steps import (
     then_the_summary_list_shows,
     then_the_url_has,
     then_there_is_a_problem,
+    when_choosing,
     when_following_the_navigation_link,
     when_pressing,
     when_typing,
@@ -63,10 +64,6 @@ def then_the_rows_are(page: Page, count: int) -> None:
 
 def then_the_current_page_is(page: Page, number: int) -> None:
     expect(page.locator("#results [aria-current=page]")).to_have_text(str(number))
-
-
-def when_choosing(page: Page, label: str, option: str) -> None:
-    page.get_by_label(label, exact=True).select_option(label=option)
 
 
 def when_booking_into(page: Page, wave_name: str) -> None:
