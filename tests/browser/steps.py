@@ -115,7 +115,9 @@ def given_signed_in_as(page: Page, user) -> None:
 
 
 def given_a_marker_on_the_page(page: Page) -> None:
-    """Set a value that only survives as long as the document does (no full reload)."""
+    """Set a value that only survives as long as the document does (no full reload), once the
+    page's scripts have run: what follows expects htmx to answer, not a full reload."""
+    page.wait_for_load_state("load")
     page.evaluate("window.__marker = 1")
 
 
