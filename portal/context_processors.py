@@ -13,9 +13,10 @@ NAVIGATION = {
         ("Bookings to review", "waves:booking_queue", []),
         ("Yet to book", "waves:not_booked", []),
         ("Find a mailbox", "support:search", []),
+        ("Calls", "support:calls", []),
         ("Imports", "mailboxes:imports", []),
     ],
-    Role.HELPDESK: [("Find a mailbox", "support:search", [])],
+    Role.HELPDESK: [("Find a mailbox", "support:search", []), ("Calls", "support:calls", [])],
 }
 
 

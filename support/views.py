@@ -1,13 +1,16 @@
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from mailboxes.selectors import SEARCH_LIMIT, mailbox_search, mailboxes_for
 from portal.auth import Role, role_required
 from support.forms import CallForm, SearchForm
-from support.selectors import mailbox_story
-from support.services import helpdesk_call_record
+from support.models import HelpdeskCall
+from support.selectors import calls_to_follow_up, mailbox_story
+from support.services import CallAlreadyResolved, helpdesk_call_record, helpdesk_call_resolve
 
 LOOKUP_ROLES = (Role.HELPDESK, Role.CENTRAL_TEAM)
 
@@ -55,3 +58,29 @@ def record_call(request: HttpRequest, mailbox_id: int) -> HttpResponse:
     helpdesk_call_record(mailbox=mailbox, recorded_by=request.user, **form.cleaned_data)
     messages.success(request, "Call recorded.")
     return redirect("support:mailbox", mailbox_id=mailbox.pk)
+
+
+CALLS_PER_PAGE = 50
+
+
+@require_GET
+@role_required(*LOOKUP_ROLES)
+def calls(request: HttpRequest) -> HttpResponse:
+    """Calls not yet resolved, oldest first, each with a button to mark it resolved."""
+    page = Paginator(calls_to_follow_up(), CALLS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "support/calls.html", {"page_obj": page})
+
+
+@require_POST
+@role_required(*LOOKUP_ROLES)
+def resolve_call(request: HttpRequest, call_id: int) -> HttpResponse:
+    call = get_object_or_404(HelpdeskCall.objects.select_related("mailbox"), pk=call_id)
+    try:
+        helpdesk_call_resolve(call_id=call.pk, actor=request.user)
+    except CallAlreadyResolved as refusal:
+        messages.error(request, str(refusal))
+    else:
+        messages.success(request, f"Call about {call.mailbox.address} marked resolved.")
+    page = request.POST.get("page", "")
+    url = reverse("support:calls")
+    return redirect(f"{url}?page={page}" if page.isdigit() else url)

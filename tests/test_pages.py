@@ -32,11 +32,13 @@ def pages(wave, booking, mailbox):
         "book": reverse("waves:book", args=[wave.public_id]),
         "search": reverse("support:search") + "?q=user",
         "mailbox": reverse("support:mailbox", args=[mailbox.pk]),
+        "calls": reverse("support:calls"),
+        "mailbox_csv": reverse("mailboxes:list_csv") + "?organisation=RCF",
     }
 
 
 ALLOWED = {
-    "alice": {"mailboxes", "booking_detail", "lead_waves", "book", "mailbox"},
+    "alice": {"mailboxes", "booking_detail", "lead_waves", "book", "mailbox", "mailbox_csv"},
     "carol": {
         "mailboxes",
         "waves",
@@ -46,8 +48,10 @@ ALLOWED = {
         "booking_detail",
         "search",
         "mailbox",
+        "calls",
+        "mailbox_csv",
     },
-    "dave": {"search", "mailbox"},
+    "dave": {"search", "mailbox", "calls"},
     "eve": set(),
 }
 

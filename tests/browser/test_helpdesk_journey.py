@@ -14,6 +14,7 @@ from tests.browser.steps import (
     then_the_page_was_not_reloaded,
     then_the_url_has,
     then_there_is_a_problem,
+    when_following_the_navigation_link,
     when_pressing,
     when_typing,
 )
@@ -111,3 +112,24 @@ def test_an_empty_call_is_refused_with_a_link_to_the_summary(page, dave, airedal
         page, "Enter what the caller needed and what you did", "#id_summary"
     )
     expect(page.get_by_text("No calls recorded.")).to_be_visible()
+
+
+def test_a_call_to_follow_up_is_listed_until_it_is_marked_resolved(page, dave, airedale):
+    given_signed_in_as(page, dave)
+    page.goto(f"/helpdesk/mailboxes/{airedale.mailboxes.order_by('pk').first().pk}/")
+    page.get_by_label(SUMMARY).fill("Cannot open the shared calendar. Will call back.")
+    when_pressing(page, "Record call")
+    then_a_success_banner_says(page, "Call recorded.")
+    expect(page.locator(".nhsuk-inset-text")).to_contain_text("to follow up")
+
+    when_following_the_navigation_link(page, "Calls")
+    then_the_heading_is(page, "Calls to follow up")
+    calls = page.locator("#calls tbody tr")
+    expect(calls).to_have_count(1)
+    expect(calls).to_contain_text("Cannot open the shared calendar. Will call back.")
+    expect(calls).to_contain_text("user00000@rcf.nhs.net")
+    then_a_screenshot_is_saved(page, "3-helpdesk-calls")
+
+    calls.get_by_role("button", name="Mark resolved").click()
+    then_a_success_banner_says(page, "Call about user00000@rcf.nhs.net marked resolved.")
+    expect(page.get_by_text("No call is waiting to be followed up.")).to_be_visible()

@@ -55,5 +55,5 @@ def test_the_nhs_styles_and_scripts_load_on_every_page(page, carol):
     )  # portal.js ran and imported NHS.UK frontend
     assert page.evaluate("typeof window.htmx") == "object", "htmx did not load"
     expect(page.get_by_role("navigation", name="Menu").get_by_role("link")).to_have_text(
-        ["Waves", "Bookings to review", "Yet to book", "Find a mailbox", "Imports"]
+        ["Waves", "Bookings to review", "Yet to book", "Find a mailbox", "Calls", "Imports"]
     )
