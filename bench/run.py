@@ -424,6 +424,41 @@ def reset_run_state() -> None:
 # Look-ups and search -----------------------------------------------------------------------------
 
 
+CALLED_SHARE = 0.012  # the programme: fewer than 1.2% of users needed the helpdesk
+UNRESOLVED_SHARE = 0.1
+
+
+def record_calls(helpdesk, seed: int) -> int:
+    """The helpdesk's calls over the programme, a tenth of them still to follow up; returns how
+    many are waiting (not timed: the calls page is)."""
+    from django.db.models import Max, Min
+    from django.utils import timezone
+
+    from mailboxes.models import Mailbox
+    from support.models import HelpdeskCall
+
+    bounds = Mailbox.objects.aggregate(low=Min("pk"), high=Max("pk"))
+    total = Mailbox.objects.count()
+    rng = random.Random(seed)
+    ids = rng.sample(range(bounds["low"], bounds["high"] + 1), round(total * CALLED_SHARE))
+    now = timezone.now()
+    calls = []
+    for pk in ids:
+        resolved = rng.random() >= UNRESOLVED_SHARE
+        calls.append(
+            HelpdeskCall(
+                mailbox_id=pk,
+                recorded_by=helpdesk,
+                summary="Asked when the mailbox moves; gave the cutover time.",
+                resolved=resolved,
+                resolved_at=now if resolved else None,
+                resolved_by=helpdesk if resolved else None,
+            )
+        )
+    HelpdeskCall.objects.bulk_create(calls, batch_size=5000)
+    return sum(not call.resolved for call in calls)
+
+
 def sample_mailboxes(count: int, seed: int) -> list[tuple[str, str, str, str]]:
     from django.db.models import Max, Min
 
@@ -1171,9 +1206,20 @@ def main(argv: list[str] | None = None) -> int:
     search_prefix = rows[0][0][:7]
     search_name = rows[1][2].split(",", 1)[0].lower()[:6]
     count_programme(results)
+    waiting_calls = record_calls(cast.helpdesk, args.seed)
     pages = Pages(results, args.repeats)
     log("Timing pages")
     pages_before_run(pages, cast, search_prefix, search_name)
+    pages.time(
+        f"Helpdesk: calls to follow up ({waiting_calls:,} waiting), page 1",
+        cast.helpdesk,
+        "/helpdesk/calls/",
+    )
+    pages.time(
+        "Helpdesk: calls to follow up, the last page",
+        cast.helpdesk,
+        f"/helpdesk/calls/?page={max(1, math.ceil(waiting_calls / 50))}",
+    )
     run_weekend_wave(results, pages, cast)
     results.facts["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     results.facts["load_at_end"] = os.getloadavg()
