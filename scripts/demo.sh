@@ -40,6 +40,7 @@ export PORTAL_WAVE_POLL_SECONDS=3
 
 .venv/bin/python manage.py migrate --noinput -v0
 PORTAL_LOG_LEVEL=WARNING .venv/bin/python manage.py load_demo_data
+.venv/bin/python manage.py load_demo_calls
 .venv/bin/python manage.py collectstatic --noinput -v0
 
 # The worker runs in its own process group, so Ctrl-C reaches only the web server and the trap
