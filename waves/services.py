@@ -451,29 +451,34 @@ def _refuse_too_large(cohort: list[tuple[int, int]]) -> None:
         f"{address} ({size / GB:,.0f} GB)"
         for address, size in named.values_list("address", "size_bytes")[:LISTED_SHOWN]
     ]
-    more = len(too_large) - len(shown)
-    one = len(too_large) == 1
+    n = len(too_large)
     raise BookingRefused(
-        f"{', '.join(shown)}{f' and {more:,} more' if more else ''} {'is' if one else 'are'}"
-        " over 200 GB, which Exchange Online does not move: reduce"
-        f" {'it' if one else 'them'} (archive or delete old mail) before booking, or book the"
-        f" cohort without {'it' if one else 'them'}."
+        f"{_some(shown, total=n)} {pluralize(n, 'is,are')} over 200 GB, which Exchange Online"
+        f" does not move: reduce {pluralize(n, 'it,them')} (archive or delete old mail) before"
+        f" booking, or book the cohort without {pluralize(n, 'it,them')}."
     )
 
 
-def _some(items: list[str]) -> str:
+def _some(items: list[str], *, total: int | None = None) -> str:
+    """The first LISTED_SHOWN items, and how many more of `total` (by default, of `items`)."""
     shown = ", ".join(items[:LISTED_SHOWN])
-    more = len(items) - LISTED_SHOWN
+    more = (len(items) if total is None else total) - min(len(items), LISTED_SHOWN)
     return f"{shown} and {more:,} more" if more > 0 else shown
+
+
+def _wave_taking_approvals(wave_id: int) -> Wave:
+    """The wave, its row locked, if bookings into it may still be approved (it has not started)."""
+    wave = Wave.objects.select_for_update().get(pk=wave_id)
+    if wave.status not in {WaveStatus.OPEN, WaveStatus.CLOSED}:
+        raise TransitionNotAllowed(
+            f"{wave.name} is {wave.get_status_display().lower()}: bookings can no longer be approved."
+        )
+    return wave
 
 
 def booking_approve(*, booking: Booking, actor: Actor) -> None:
     with transaction.atomic():
-        wave = Wave.objects.select_for_update().get(pk=booking.wave_id)
-        if wave.status not in {WaveStatus.OPEN, WaveStatus.CLOSED}:
-            raise TransitionNotAllowed(
-                f"{wave.name} is {wave.get_status_display().lower()}: bookings can no longer be approved."
-            )
+        wave = _wave_taking_approvals(booking.wave_id)
         _booking_transition(
             booking=booking, to=BookingStatus.APPROVED, actor=actor, reason="Approved"
         )
@@ -494,11 +499,7 @@ def wave_approve_bookings(*, wave: Wave, actor: Actor) -> tuple[int, int]:
     Returns (bookings, mailboxes) approved.
     """
     with transaction.atomic():
-        wave = Wave.objects.select_for_update().get(pk=wave.pk)
-        if wave.status not in {WaveStatus.OPEN, WaveStatus.CLOSED}:
-            raise TransitionNotAllowed(
-                f"{wave.name} is {wave.get_status_display().lower()}: bookings can no longer be approved."
-            )
+        wave = _wave_taking_approvals(wave.pk)
         waiting = wave.bookings.filter(status=BookingStatus.SUBMITTED).values_list("pk", flat=True)
         approved = bookings_transition(
             booking_ids=list(waiting), to=BookingStatus.APPROVED, actor=actor, reason="Approved"
