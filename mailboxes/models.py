@@ -1,3 +1,4 @@
+from collections.abc import Mapping
 from pathlib import PurePath
 
 from django.conf import settings
@@ -109,6 +110,12 @@ MAILBOX_STATUS_COLOURS = {
     S.STOPPED: "orange",
     S.ROLLED_BACK: "grey",
 }
+
+
+def mailbox_status_tags(counts: Mapping[str, int]) -> list[tuple[str, str, int]]:
+    """(label, tag colour, number) of each status with mailboxes, in the order given: the rows
+    of a page's mailboxes-by-status summary (templates/includes/status_counts.html)."""
+    return [(MailboxStatus(s).label, MAILBOX_STATUS_COLOURS[s], n) for s, n in counts.items() if n]
 
 
 class Mailbox(models.Model):

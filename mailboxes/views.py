@@ -19,12 +19,12 @@ from mailboxes.importing import (
     upload_save,
 )
 from mailboxes.models import (
-    MAILBOX_STATUS_COLOURS,
     ImportRun,
     ImportStatus,
     Mailbox,
     MailboxSize,
     MailboxStatus,
+    mailbox_status_tags,
 )
 from mailboxes.selectors import (
     mailbox_list as select_mailboxes,
@@ -67,11 +67,7 @@ def mailbox_list(request: HttpRequest) -> HttpResponse:
         "page_obj": page,
         "querystring": query.urlencode(),
         "csv_url": f"{reverse('mailboxes:list_csv')}?{download.urlencode()}",
-        "counts": [
-            (MailboxStatus(s).label, MAILBOX_STATUS_COLOURS[s], n)
-            for s, n in readiness.counts.items()
-            if n
-        ],
+        "counts": mailbox_status_tags(readiness.counts),
         "readiness": readiness,
         "sizes": MailboxSize,
     }

@@ -2,7 +2,7 @@ from typing import NamedTuple
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
@@ -11,16 +11,15 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from mailboxes.models import (
-    MAILBOX_STATUS_COLOURS,
-    MAX_MAILBOX_BYTES,
     Mailbox,
     MailboxSize,
-    MailboxStatus,
     Organisation,
+    mailbox_status_tags,
 )
 from mailboxes.selectors import (
     mailbox_counts,
     mailbox_search_q,
+    mailbox_size_q,
     mailboxes_for,
     organisation_for,
     organisations_for,
@@ -87,12 +86,11 @@ def wave_list(request: HttpRequest) -> HttpResponse:
     """The central team's overview: the programme's progress, as last counted, and every wave."""
     waves = waves_with_capacity().order_by("starts_at")
     programme = programme_progress()
-    counts = [
-        (MailboxStatus(status).label, MAILBOX_STATUS_COLOURS[status], n)
-        for status, n in (programme.counts.items() if programme else ())
-        if n
-    ]
-    context = {"waves": waves, "programme": programme, "programme_counts": counts}
+    context = {
+        "waves": waves,
+        "programme": programme,
+        "programme_counts": mailbox_status_tags(programme.counts) if programme else [],
+    }
     return render(request, "waves/list.html", context)
 
 
@@ -410,10 +408,7 @@ def booking_detail(request: HttpRequest, public_id) -> HttpResponse:
     context = {
         "booking": booking,
         "events": booking.events.order_by("at", "id"),
-        "counts": [
-            (MailboxStatus(s).label, MAILBOX_STATUS_COLOURS[s], n)
-            for s, n in sorted(by_status.items())
-        ],
+        "counts": mailbox_status_tags(dict(sorted(by_status.items()))),
         "can_withdraw": booking.status in {BookingStatus.SUBMITTED, BookingStatus.APPROVED},
     }
     return render(request, "waves/booking_detail.html", context)
@@ -489,12 +484,12 @@ def booking_create(request: HttpRequest, public_id) -> HttpResponse:
     not_booked = mailboxes_for(request.user).filter(
         organisation=organisation, status__in=services.BOOKABLE
     )
-    movable = Q(size_bytes__lte=MAX_MAILBOX_BYTES)
-    bookable_mailboxes = not_booked.filter(movable)
+    too_large = mailbox_size_q(MailboxSize.TOO_LARGE)
+    bookable_mailboxes = not_booked.exclude(too_large)
     bookable_count, bookable_bytes, too_large_count = not_booked.aggregate(
-        n=Count("pk", filter=movable),
-        b=Sum("size_bytes", filter=movable),
-        too_large=Count("pk", filter=~movable),
+        n=Count("pk", filter=~too_large),
+        b=Sum("size_bytes", filter=~too_large),
+        too_large=Count("pk", filter=too_large),
     ).values()
     # The list to choose from, narrowed by the filter box as the IT lead's mailbox list is.
     find = MailboxFindForm(request.POST if request.method == "POST" else request.GET)
