@@ -26,7 +26,8 @@ def helpdesk_call_record(
 
 
 def helpdesk_call_resolve(*, call_id: int, actor) -> HelpdeskCall:
-    """Mark a call followed up and resolved, by `actor`, now; once only.
+    """Mark a call followed up and resolved, by `actor`, now; once only. HelpdeskCall.DoesNotExist
+    if there is no such call.
 
     The row is locked while it is checked, so two people pressing at once resolve it once and
     the second is told who did.
@@ -34,14 +35,13 @@ def helpdesk_call_resolve(*, call_id: int, actor) -> HelpdeskCall:
     with transaction.atomic():
         call = (
             HelpdeskCall.objects.select_for_update(of=("self",))
-            .select_related("resolved_by")
+            .select_related("mailbox", "resolved_by")
             .get(pk=call_id)
         )
         if call.resolved:
-            by = call.resolved_by
-            who = (by.get_full_name() or by.username) if by else "someone"
-            when = f", {date(timezone.localtime(call.resolved_at), 'j M Y, H:i T')}"
-            raise CallAlreadyResolved(f"This call was already marked resolved ({who}{when}).")
+            who = call.resolved_by.get_full_name() or call.resolved_by.username
+            when = date(timezone.localtime(call.resolved_at), "j M Y, H:i T")
+            raise CallAlreadyResolved(f"This call was already marked resolved ({who}, {when}).")
         call.resolved, call.resolved_at, call.resolved_by = True, timezone.now(), actor
         call.save(update_fields=["resolved", "resolved_at", "resolved_by"])
     return call

@@ -1,6 +1,6 @@
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -74,9 +74,10 @@ def calls(request: HttpRequest) -> HttpResponse:
 @require_POST
 @role_required(*LOOKUP_ROLES)
 def resolve_call(request: HttpRequest, call_id: int) -> HttpResponse:
-    call = get_object_or_404(HelpdeskCall.objects.select_related("mailbox"), pk=call_id)
     try:
-        helpdesk_call_resolve(call_id=call.pk, actor=request.user)
+        call = helpdesk_call_resolve(call_id=call_id, actor=request.user)
+    except HelpdeskCall.DoesNotExist:
+        raise Http404("No such call.") from None
     except CallAlreadyResolved as refusal:
         messages.error(request, str(refusal))
     else:
