@@ -97,7 +97,14 @@ CSV_HEADER = (*(column.name for column in MAILBOX_COLUMNS), "MigrationStatus", "
 @role_required(Role.IT_LEAD, Role.CENTRAL_TEAM)
 def mailbox_list_csv(request: HttpRequest) -> HttpResponse:
     """The organisation's mailboxes, filtered as on its page, as CSV: every one, not a page."""
-    organisation = organisation_for(request.user, request.GET.get("organisation", "").strip())
+    code = request.GET.get("organisation", "").strip()
+    if not code:
+        return HttpResponse(
+            "No CSV: say whose mailboxes, as ?organisation=CODE (the organisation's ODS code).",
+            status=400,
+            content_type="text/plain; charset=utf-8",
+        )
+    organisation = organisation_for(request.user, code)
     form, mailboxes = _filtered(request, organisation)
     if form.errors:
         return download_refused(form)

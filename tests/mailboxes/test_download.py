@@ -85,6 +85,18 @@ def test_a_filter_the_download_cannot_use_is_refused_with_why(client, alice, air
     assert response.content.decode().startswith("No CSV: Status: Select a valid choice.")
 
 
+@pytest.mark.parametrize("query", [{}, {"organisation": "  "}])
+def test_a_download_without_an_organisation_says_what_is_missing(client, carol, airedale, query):
+    client.force_login(carol)
+
+    response = client.get(URL, query)
+
+    assert response.status_code == 400
+    assert response.content.decode() == (
+        "No CSV: say whose mailboxes, as ?organisation=CODE (the organisation's ODS code)."
+    )
+
+
 def test_a_lead_cannot_download_another_organisations_mailboxes(client, alice, airedale, bradford):
     client.force_login(alice)
 
