@@ -91,6 +91,8 @@ def _filtered(request: HttpRequest, organisation) -> tuple[MailboxFilterForm, Qu
 # The import's columns first, in its order, so that a download can be edited and imported again
 # (the import ignores the two after them).
 CSV_HEADER = (*(column.name for column in MAILBOX_COLUMNS), "MigrationStatus", "StatusChangedAtUTC")
+# The model fields of the import's columns before OrganisationCode, its last.
+FIELDS_BEFORE_CODE = tuple(column.key for column in MAILBOX_COLUMNS[:-1])
 
 
 @require_GET
@@ -123,14 +125,7 @@ def mailbox_list_csv(request: HttpRequest) -> HttpResponse:
             changed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         )
         for address, upn, name, kind, size, items, status, changed in mailboxes.values_list(
-            "address",
-            "upn",
-            "display_name",
-            "recipient_type",
-            "size_bytes",
-            "item_count",
-            "status",
-            "status_changed_at",
+            *FIELDS_BEFORE_CODE, "status", "status_changed_at"
         ).iterator(chunk_size=5000)
     )
     return csv_download(f"mailboxes-{slugify(organisation.code)}.csv", CSV_HEADER, rows)
